@@ -1,0 +1,1 @@
+"""The lab: scenarios, runner, CLI and reports over server, loadgen, eventlog and model."""

@@ -1,0 +1,98 @@
+"""``python -m server``: run a node, or create users.
+
+    python -m server --profile optimized --host 127.0.0.1 --port 0 --db lab.db [--set batching=off]
+    python -m server users --db lab.db --companies 4 --users 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from .settings import PROFILES, SettingsError, build_settings, parse_overrides
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server", description="Run one node of the reference server.")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="baseline")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--db", default="caplab.db", help="SQLite file (created and migrated if needed)")
+    p.add_argument("--node", type=int, default=0, help="node id reported in metrics")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a toggle or setting, e.g. batching=off, batch_size=20 (repeatable)")
+    return p
+
+
+def _users_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server users", description="Create companies and users.")
+    p.add_argument("--db", required=True)
+    p.add_argument("--companies", type=int, required=True)
+    p.add_argument("--users", type=int, required=True, help="users per company")
+    p.add_argument("--ttl", type=float, default=30 * 86400, help="token lifetime in seconds")
+    return p
+
+
+def users_main(argv: list[str]) -> int:
+    args = _users_parser().parse_args(argv)
+    if args.companies < 1 or args.users < 1:
+        print("error: --companies and --users must be at least 1", file=sys.stderr)
+        return 2
+    from .db import Database
+
+    db = Database(args.db)
+    for rec in db.create_users(args.companies, args.users, args.ttl):
+        sys.stdout.write(json.dumps(rec) + "\n")
+    db.close()
+    return 0
+
+
+async def serve(settings) -> None:
+    from .app import LabServer
+
+    lab = LabServer(settings)
+    runner = web.AppRunner(lab.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    print(f"listening on http://{settings.host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["users"]:
+        return users_main(argv[1:])
+    args = _serve_parser().parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+        settings = build_settings(
+            args.profile, {**overrides, "host": args.host, "port": args.port, "db": args.db, "node": args.node})
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    loop_factory = None
+    if settings.toggles.uvloop:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

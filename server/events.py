@@ -1,0 +1,208 @@
+"""Tenant-scoped event handlers: connect, disconnect, echo, chat, join, leave, and the catch-all.
+
+Rooms: every socket is in ``c:<company>`` and ``u:<company>:<user>``; sub-rooms a client joins
+are ``c:<company>:r:<name>``. Clients only ever name a sub-room; the company part comes from their
+token, so no client can address another company's room.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import socketio
+
+from .auth import AuthError
+from .limits import LimitExceeded, TokenBucket
+
+if TYPE_CHECKING:
+    from .app import LabServer
+
+ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class BadArgument(Exception):
+    """An event argument of the wrong type or shape."""
+
+
+class CrossTenant(Exception):
+    """An attempt to reach another company's rooms."""
+
+
+def company_room(company: int) -> str:
+    return f"c:{company}"
+
+
+def user_room(company: int, user: int) -> str:
+    return f"u:{company}:{user}"
+
+
+def sub_room(company: int, name: str) -> str:
+    return f"c:{company}:r:{name}"
+
+
+@dataclass(slots=True)
+class SocketState:
+    """What the server keeps per socket. Baseline never deletes it (the seed's 'memory leak')."""
+
+    sid: str
+    company: int
+    user: int
+    ip: str
+    connected_at: float
+    bucket: TokenBucket | None = None
+    rooms: set[str] = field(default_factory=set)
+    events: int = 0
+    rejected: int = 0
+    connected: bool = True
+
+
+def room_name(state: SocketState, arg: object) -> str:
+    """Validate a sub-room reference (a name, or ``{"room": name, "company": id}``)."""
+    if isinstance(arg, dict):
+        company = arg.get("company", state.company)
+        if company != state.company:
+            raise CrossTenant(f"room of company {company!r} refused: you belong to company {state.company}")
+        arg = arg.get("room")
+    if not isinstance(arg, str):
+        raise BadArgument("room must be a string name or {\"room\": name}")
+    if ":" in arg:
+        raise CrossTenant("room names may not contain ':' (internal room names are not addressable)")
+    if not ROOM_NAME.match(arg):
+        raise BadArgument("room name must be 1-64 characters of A-Z a-z 0-9 _ . -")
+    return arg
+
+
+class Handlers:
+    """Socket.IO handlers bound to one ``LabServer``."""
+
+    def __init__(self, lab: LabServer) -> None:
+        self.lab = lab
+
+    def register(self, sio: socketio.AsyncServer) -> None:
+        sio.on("connect", self.connect)
+        sio.on("disconnect", self.disconnect)
+        for name in ("echo", "chat", "join", "leave"):
+            sio.on(name, self.wrap(name, getattr(self, "on_" + name)))
+        sio.on("*", self.unknown)
+
+    # -- connection lifecycle -------------------------------------------------------------
+    async def connect(self, sid: str, environ: dict, auth: object = None) -> None:
+        lab, s = self.lab, self.lab.settings
+        request = environ.get("aiohttp.request")
+        ip = (request.remote if request is not None else None) or environ.get("REMOTE_ADDR", "?")
+        try:
+            if s.toggles.rate_limit and lab.bans.banned(ip):
+                raise LimitExceeded("ip_banned", "this address is refused for a while after flooding")
+            if s.toggles.conn_limits and lab.memory_status == "critical":
+                raise LimitExceeded("memory_critical", "server memory is critical; try later")
+            queries = lab.db.queries
+            try:
+                user = await lab.auth.authenticate(auth)
+            finally:
+                lab.metrics.db_queries.inc(lab.db.queries - queries)
+            if s.toggles.token_cache:
+                lab.metrics.token_cache.labels(result="miss" if lab.db.queries > queries else "hit").inc()
+            if s.toggles.conn_limits:
+                lab.limiter.check(user.company, user.id, ip)
+        except AuthError as exc:
+            lab.metrics.refusals.labels(reason=exc.code).inc()
+            raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
+        except LimitExceeded as exc:
+            lab.metrics.refusals.labels(reason=exc.code).inc()
+            raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
+        lab.limiter.add(user.company, user.id, ip)
+        bucket = TokenBucket(s.event_rate, s.event_burst) if s.toggles.rate_limit else None
+        lab.sockets[sid] = SocketState(sid, user.company, user.id, ip, time.time(), bucket)
+        await lab.sio.enter_room(sid, company_room(user.company))
+        await lab.sio.enter_room(sid, user_room(user.company, user.id))
+        lab.metrics.connects.inc()
+        lab.metrics.connections.inc()
+
+    async def disconnect(self, sid: str, reason: str = "unknown") -> None:
+        lab = self.lab
+        state = lab.sockets.get(sid)
+        if state is None or not state.connected:
+            return
+        state.connected = False
+        lab.limiter.remove(state.company, state.user, state.ip)
+        lab.metrics.connections.dec()
+        lab.metrics.disconnects.labels(reason=lab.disconnect_reasons.pop(sid, str(reason))).inc()
+        if lab.settings.toggles.cleanup:
+            del lab.sockets[sid]
+
+    # -- events -----------------------------------------------------------------------------
+    def wrap(self, name: str, fn):
+        lab = self.lab
+        events_in = lab.metrics.events_in.labels(event=name)
+
+        async def handler(sid: str, *args):
+            t0 = time.perf_counter()
+            events_in.inc()
+            state = lab.sockets.get(sid)
+            if state is None or not state.connected:
+                return {"error": "not connected"}
+            state.events += 1
+            if state.bucket is not None and not state.bucket.take(time.monotonic()):
+                return await self.rate_limited(state)
+            try:
+                return await fn(state, *args)
+            except BadArgument as exc:
+                lab.metrics.errors.labels(kind="bad_argument").inc()
+                return {"error": "bad_argument", "detail": str(exc)}
+            except CrossTenant as exc:
+                lab.metrics.errors.labels(kind="cross_tenant").inc()
+                lab.metrics.refusals.labels(reason="cross_tenant").inc()
+                return {"error": "cross_tenant", "detail": str(exc)}
+            finally:
+                lab.metrics.handler_seconds.inc(time.perf_counter() - t0)
+
+        return handler
+
+    async def rate_limited(self, state: SocketState) -> dict:
+        lab, s = self.lab, self.lab.settings
+        state.rejected += 1
+        lab.metrics.refusals.labels(reason="rate_limited").inc()
+        if state.bucket.strike(s.flood_window_s) >= s.flood_strikes:
+            lab.metrics.refusals.labels(reason="flood_disconnect").inc()
+            lab.bans.ban(state.ip, s.ban_s)
+            lab.disconnect_reasons[state.sid] = "flood"
+            lab.spawn(lab.sio.disconnect(state.sid))
+        return {"error": "rate_limited", "detail": f"over {s.event_rate:g} events/s"}
+
+    async def on_echo(self, state: SocketState, *args):
+        return args[0] if len(args) == 1 else tuple(args)
+
+    async def on_chat(self, state: SocketState, payload=None, *rest):
+        room = company_room(state.company)
+        if isinstance(payload, dict) and ("room" in payload or "company" in payload):
+            name = room_name(state, payload)
+            if name not in state.rooms:
+                raise BadArgument(f"join room {name!r} before chatting in it")
+            room = sub_room(state.company, name)
+        await self.lab.sio.emit(
+            "chat", {"from": {"company": state.company, "user": state.user}, "data": payload}, room=room)
+        return {"ok": True}
+
+    async def on_join(self, state: SocketState, arg=None, *rest):
+        name = room_name(state, arg)
+        s = self.lab.settings
+        if s.toggles.conn_limits and name not in state.rooms and len(state.rooms) >= s.max_rooms_per_socket:
+            self.lab.metrics.refusals.labels(reason="room_limit").inc()
+            return {"error": "room_limit", "detail": f"at most {s.max_rooms_per_socket} rooms per connection"}
+        state.rooms.add(name)
+        await self.lab.sio.enter_room(state.sid, sub_room(state.company, name))
+        return {"ok": True, "room": name}
+
+    async def on_leave(self, state: SocketState, arg=None, *rest):
+        name = room_name(state, arg)
+        state.rooms.discard(name)
+        await self.lab.sio.leave_room(state.sid, sub_room(state.company, name))
+        return {"ok": True, "room": name}
+
+    async def unknown(self, event: str, sid: str, *args):
+        self.lab.metrics.events_in.labels(event="unknown").inc()
+        self.lab.metrics.errors.labels(kind="unknown_event").inc()
+        return {"error": "unknown_event", "detail": f"no handler for event {event!r}"}

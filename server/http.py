@@ -1,0 +1,148 @@
+"""Monitoring endpoints: /socket-health, /socket-metrics (JSON or Prometheus), diagnostics, cleanup."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import psutil
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .metrics import by_label, counter_value
+
+if TYPE_CHECKING:
+    from .app import LabServer
+
+_PROCESS = psutil.Process()
+
+
+def add_routes(app: web.Application, lab: LabServer) -> None:
+    app.router.add_get("/socket-health", lambda r: health(r, lab))
+    app.router.add_get("/socket-metrics", lambda r: metrics(r, lab))
+    app.router.add_get("/socket-diagnostics", lambda r: diagnostics(r, lab))
+    app.router.add_post("/socket-cleanup", lambda r: cleanup(r, lab))
+
+
+def by_company(lab: LabServer) -> dict[str, int]:
+    return {str(c): n for c, n in sorted(lab.limiter.by_company.items())}
+
+
+def error_count(lab: LabServer) -> int:
+    return int(counter_value(lab.metrics.errors))
+
+
+async def health(request: web.Request, lab: LabServer) -> web.Response:
+    rss = lab.memory.rss()
+    status = lab.memory.status(rss)
+    return web.json_response({
+        "status": status,
+        "connections": lab.limiter.total,
+        "memory": {"used": rss, "threshold": lab.settings.memory_threshold},
+        "performance": {"latency": lab.metrics.window.percentiles_ms()["p95"], "errors": error_count(lab)},
+    })
+
+
+def snapshot(lab: LabServer) -> dict:
+    """The JSON of /socket-metrics: the seed's shape plus the counters a model needs."""
+    m, s = lab.metrics, lab.settings
+    rss = lab.memory.rss()
+    cpu = _PROCESS.cpu_times()
+    batch_sum = sum(x.value for f in m.batch_events.collect() for x in f.samples if x.name.endswith("_sum"))
+    return {
+        "performance": {
+            "latency": m.window.percentiles_ms(),
+            "throughput": {"eventsPerSecond": m.events_per_second()},
+        },
+        "connections": {"total": lab.limiter.total, "byCompany": by_company(lab)},
+        "memory": {
+            "usage": round(100.0 * rss / s.memory_threshold, 2),
+            "trend": lab.memory.trend(),
+            "rooms": len(lab.sio.manager.rooms.get("/", {})),
+            "rss": rss,
+            "threshold": s.memory_threshold,
+            "status": lab.memory.status(rss),
+        },
+        "counters": {
+            "events_in": counter_value(m.events_in),
+            "events_out": counter_value(m.events_out),
+            "packets_out": counter_value(m.packets_out),
+            "handler_seconds": counter_value(m.handler_seconds),
+            "cpu_seconds": cpu.user + cpu.system,
+            "rss_bytes": rss,
+            "loop_lag_s": lab.loop_lag.last,
+            "loop_lag_max_s": lab.lag_max_window,
+            "gc_collections": lab.gc_monitor.seq,
+            "gc_pause_s": lab.gc_monitor.total_pause,
+            "db_queries": counter_value(m.db_queries),
+            "batches": counter_value(m.batches),
+            "batch_events": batch_sum,
+            "batches_compressed": counter_value(m.batches_compressed),
+            "connects": counter_value(m.connects),
+            "disconnects": counter_value(m.disconnects),
+            "refusals": by_label(m.refusals),
+            "errors": by_label(m.errors),
+            "token_cache": by_label(m.token_cache),
+            "socket_states": len(lab.sockets),
+        },
+        "gc": {"recent": list(lab.gc_monitor.recent)[-128:]},
+        "node": {
+            "id": s.node, "profile": s.profile, "pid": os.getpid(),
+            "uptime_s": round(time.time() - lab.started, 3), "time": time.time(),
+        },
+    }
+
+
+async def metrics(request: web.Request, lab: LabServer) -> web.Response:
+    fmt = request.query.get("format", "json")
+    if fmt == "prometheus":
+        lab.memory.sample()
+        return web.Response(body=generate_latest(lab.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if fmt != "json":
+        return web.json_response({"error": f"format {fmt!r}: expected json or prometheus"}, status=400)
+    return web.json_response(snapshot(lab))
+
+
+async def diagnostics(request: web.Request, lab: LabServer) -> web.Response:
+    busiest = sorted((st for st in lab.sockets.values() if st.connected), key=lambda st: -st.events)[:10]
+    users_by_company: Counter[int] = Counter()
+    rooms_by_company: Counter[int] = Counter()
+    for st in lab.sockets.values():
+        if st.connected:
+            users_by_company[st.company] += 1
+            rooms_by_company[st.company] += len(st.rooms)
+    return web.json_response({
+        "companies": {
+            str(c): {"connections": n, "sub_room_memberships": rooms_by_company[c]}
+            for c, n in sorted(users_by_company.items())
+        },
+        "busiest_connections": [
+            {"sid": st.sid, "company": st.company, "user": st.user, "ip": st.ip, "events": st.events,
+             "rejected": st.rejected, "rooms": sorted(st.rooms)}
+            for st in busiest
+        ],
+        "limits": {
+            **lab.limiter.state(),
+            "enforced": lab.settings.toggles.conn_limits,
+            "rate_limit": lab.settings.toggles.rate_limit,
+            "banned_ips": len(lab.bans.until),
+            "memory_status": lab.memory_status,
+        },
+        "token_cache": {"entries": len(lab.auth.cache), "hits": lab.auth.hits, "misses": lab.auth.misses},
+        "gc": {"tuning": lab.gc_tuning, "collections": lab.gc_monitor.seq},
+        "socket_states": {"kept": len(lab.sockets), "connected": lab.limiter.total},
+        "settings": lab.settings.public(),
+    })
+
+
+async def cleanup(request: web.Request, lab: LabServer) -> web.Response:
+    expected = lab.settings.admin_token
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not given:
+        return web.json_response({"error": "admin token required (Authorization: Bearer ...)"}, status=401)
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        return web.json_response({"error": "wrong admin token"}, status=403)
+    return web.json_response({"freed": lab.cleanup(collect=True)})

@@ -1,0 +1,160 @@
+"""Server settings: one typed object built from defaults, a profile, the environment and flags.
+
+Precedence, lowest first: field defaults < profile preset < environment < ``--set`` flags.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Profile = Literal["baseline", "optimized"]
+
+
+class Toggles(BaseModel):
+    """Every optimization of the seed guide as an independent switch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_cache: bool = False  # cache validated tokens instead of one DB query per connect
+    conn_limits: bool = False  # global / company / user / IP connection limits + memory guard
+    rate_limit: bool = False  # per-connection token bucket, flood disconnect, IP ban
+    batching: bool = False  # per-client batches of pushed events within a flush window
+    fast_fanout: bool = False  # encode once, enqueue per recipient, no task per recipient
+    inline_handlers: bool = False  # run handlers in the reader task, not one task per packet
+    cleanup: bool = False  # drop per-socket state on disconnect + periodic sweep
+    gc_tuning: bool = False  # gc.freeze() after start-up and higher gen0 threshold
+    uvloop: bool = False  # uvloop event loop instead of asyncio's default
+
+
+PROFILES: dict[str, dict[str, bool]] = {
+    "baseline": {},
+    "optimized": {name: True for name in Toggles.model_fields},
+}
+
+
+class Settings(BaseModel):
+    """Everything the server reads, with the seed guide's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: Profile = "baseline"
+    toggles: Toggles = Field(default_factory=Toggles)
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)
+    db: str = "caplab.db"
+    node: int = Field(0, ge=0)
+
+    # the seed's environment variables
+    monitoring: bool = True  # SOCKET_MONITORING
+    max_connections: int = Field(2000, ge=1)  # SOCKET_MAX_CONNECTIONS
+    memory_threshold: int = Field(500_000_000, ge=1)  # SOCKET_MEMORY_THRESHOLD, bytes
+    debug: bool = False  # DEBUG_SOCKET
+    log_level: str = "warning"  # LOG_LEVEL
+    metrics_interval_ms: int = Field(5000, ge=100)  # SOCKET_METRICS_INTERVAL
+    redis_url: str | None = None  # REDIS_URL
+    admin_token: str | None = None  # SOCKET_ADMIN_TOKEN
+
+    # the seed's tuning values
+    max_per_company: int = Field(500, ge=1)
+    max_per_user: int = Field(3, ge=1)
+    max_per_ip: int = Field(1000, ge=1)
+    max_rooms_per_socket: int = Field(50, ge=1)
+    heartbeat_s: float = Field(25.0, gt=0)
+    ping_timeout_s: float = Field(20.0, gt=0)
+    cleanup_interval_s: float = Field(300.0, gt=0)
+    batch_size: int = Field(50, ge=1)
+    flush_interval_ms: float = Field(100.0, gt=0)
+    compression_threshold: int = Field(1024, ge=0)
+
+    # limits the seed names without numbers: ours, stated here
+    max_payload_bytes: int = Field(1_000_000, ge=64)  # Engine.IO maxPayload
+    event_rate: float = Field(50.0, gt=0)  # tokens per second per connection
+    event_burst: float = Field(100.0, ge=1)
+    flood_strikes: int = Field(200, ge=1)  # rejected events within flood_window_s -> disconnect
+    flood_window_s: float = Field(10.0, gt=0)
+    ban_s: float = Field(30.0, ge=0)
+    token_cache_ttl_s: float = Field(300.0, gt=0)
+    degraded_ratio: float = Field(0.75, gt=0, le=1)
+    critical_ratio: float = Field(0.90, gt=0, le=1)
+
+    def public(self) -> dict:
+        """Settings in effect, without secrets (for /socket-diagnostics)."""
+        data = self.model_dump()
+        data["admin_token"] = "set" if self.admin_token else None
+        if self.redis_url:
+            data["redis_url"] = "set"
+        return data
+
+
+ENV_VARS: dict[str, str] = {
+    "SOCKET_MONITORING": "monitoring",
+    "SOCKET_MAX_CONNECTIONS": "max_connections",
+    "SOCKET_MEMORY_THRESHOLD": "memory_threshold",
+    "DEBUG_SOCKET": "debug",
+    "LOG_LEVEL": "log_level",
+    "SOCKET_METRICS_INTERVAL": "metrics_interval_ms",
+    "REDIS_URL": "redis_url",
+    "SOCKET_ADMIN_TOKEN": "admin_token",
+}
+
+_OFF = {"off", "false", "0", "no"}
+_ON = {"on", "true", "1", "yes"}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be applied, with the name and the reason."""
+
+
+def _coerce(value: str) -> object:
+    low = value.strip().lower()
+    if low in _ON:
+        return True
+    if low in _OFF:
+        return False
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    """Turn ``["batching=off", "batch_size=20"]`` into a dict, refusing malformed pairs."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise SettingsError(f"--set {pair!r}: expected NAME=VALUE")
+        out[name.strip()] = value
+    return out
+
+
+def build_settings(
+    profile: str = "baseline",
+    overrides: Mapping[str, object] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build settings: profile preset, then environment, then overrides (toggle or setting names)."""
+    if profile not in PROFILES:
+        raise SettingsError(f"profile {profile!r}: expected one of {sorted(PROFILES)}")
+    env = os.environ if env is None else env
+    toggles: dict[str, object] = dict(PROFILES[profile])
+    fields: dict[str, object] = {"profile": profile}
+    for var, name in ENV_VARS.items():
+        if env.get(var) not in (None, ""):
+            fields[name] = _coerce(env[var]) if name in ("monitoring", "debug") else env[var]
+    for name, value in (overrides or {}).items():
+        value = _coerce(value) if isinstance(value, str) else value
+        if name in Toggles.model_fields:
+            toggles[name] = value
+        elif name in Settings.model_fields and name not in ("toggles", "profile"):
+            fields[name] = value
+        else:
+            known = sorted([*Toggles.model_fields, *Settings.model_fields])
+            raise SettingsError(f"unknown setting {name!r}; known: {', '.join(known)}")
+    try:
+        return Settings(toggles=Toggles(**toggles), **fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise SettingsError(f"setting {where}: {err['msg']} (got {err.get('input')!r})") from None
