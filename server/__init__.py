@@ -1,6 +1,16 @@
-"""The reference Socket.IO server (system under test). Usable on its own; imports nothing of the lab."""
+"""The reference Socket.IO server (system under test). Usable on its own; imports nothing of the lab.
 
-from .app import LabServer
+``LabServer`` is imported lazily so that ``python -m server users`` stays quick.
+"""
+
 from .settings import PROFILES, Settings, SettingsError, Toggles, build_settings
 
 __all__ = ["PROFILES", "LabServer", "Settings", "SettingsError", "Toggles", "build_settings"]
+
+
+def __getattr__(name: str):
+    if name == "LabServer":
+        from .app import LabServer
+
+        return LabServer
+    raise AttributeError(name)

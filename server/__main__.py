@@ -1,7 +1,7 @@
 """``python -m server``: run a node, or create users.
 
-    python -m server --profile optimized --host 127.0.0.1 --port 0 --db lab.db [--set batching=off]
-    python -m server users --db lab.db --companies 4 --users 50
+python -m server --profile optimized --host 127.0.0.1 --port 0 --db lab.db [--set batching=off]
+python -m server users --db lab.db --companies 4 --users 50
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from .settings import PROFILES, SettingsError, build_settings, parse_overrides
 
 
@@ -25,8 +23,13 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--db", default="caplab.db", help="SQLite file (created and migrated if needed)")
     p.add_argument("--node", type=int, default=0, help="node id reported in metrics")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a toggle or setting, e.g. batching=off, batch_size=20 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a toggle or setting, e.g. batching=off, batch_size=20 (repeatable)",
+    )
     return p
 
 
@@ -54,6 +57,8 @@ def users_main(argv: list[str]) -> int:
 
 
 async def serve(settings) -> None:
+    from aiohttp import web
+
     from .app import LabServer
 
     lab = LabServer(settings)
@@ -79,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_overrides(args.set)
         settings = build_settings(
-            args.profile, {**overrides, "host": args.host, "port": args.port, "db": args.db, "node": args.node})
+            args.profile, {**overrides, "host": args.host, "port": args.port, "db": args.db, "node": args.node}
+        )
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -79,7 +79,7 @@ class LabServer:
         self.started = time.time()
         self.tasks: set[asyncio.Task] = set()
 
-        manager = LabRedisManager(s.redis_url, channel="caplab") if s.redis_url else LabManager()
+        manager = LabRedisManager(s.redis_url, channel=s.redis_channel) if s.redis_url else LabManager()
         manager.metrics = self.metrics
         manager.fast_fanout = t.fast_fanout
         self.sio = SioServer(
@@ -98,7 +98,8 @@ class LabServer:
             self.sio.eio.async_handlers = False
         if t.batching:
             manager.batcher = self.batcher = Batcher(
-                manager.deliver, s.batch_size, s.flush_interval_ms / 1000.0, s.compression_threshold, self.metrics)
+                manager.deliver, s.batch_size, s.flush_interval_ms / 1000.0, s.compression_threshold, self.metrics
+            )
         else:
             self.batcher = None
         Handlers(self).register(self.sio)
@@ -115,6 +116,13 @@ class LabServer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    async def kick(self, sid: str) -> None:
+        """Disconnect a client and close its transport (a namespace disconnect alone leaves it open)."""
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        await self.sio.disconnect(sid)
+        if eio_sid is not None:
+            await self.sio.eio.disconnect(eio_sid)
 
     async def _start(self, app: web.Application) -> None:
         self.gc_monitor.install()
@@ -151,9 +159,13 @@ class LabServer:
         self.memory_status = self.memory.status(rss)
         self.metrics.tick()
         self.lag_max_window = self.loop_lag.take_max()
-        self.metrics.rooms.set(len(self.sio.manager.rooms.get("/", {})))
+        self.metrics.rooms.set(self.room_count())
         if self.memory_status == "critical" and self.settings.toggles.cleanup:
             self.cleanup(collect=True)
+
+    def room_count(self) -> int:
+        """Application rooms (company, user, sub-rooms), not python-socketio's per-sid rooms."""
+        return sum(1 for name in self.sio.manager.rooms.get("/", {}) if isinstance(name, str) and name[1:2] == ":")
 
     async def _cleanup_loop(self) -> None:
         while True:

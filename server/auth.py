@@ -35,7 +35,7 @@ class Authenticator:
 
     async def authenticate(self, auth: object) -> User:
         if not isinstance(auth, dict) or not isinstance(auth.get("token"), str) or not auth["token"]:
-            raise AuthError("auth_missing", "missing token: send the auth payload {\"token\": \"...\"}")
+            raise AuthError("auth_missing", 'missing token: send the auth payload {"token": "..."}')
         token = auth["token"]
         now = time.time()
         if self.cache_ttl_s is not None:

@@ -47,8 +47,12 @@ class Batcher:
     """Queues pre-encoded entries per recipient and flushes them every window or when full."""
 
     def __init__(
-        self, deliver: Deliver, batch_size: int, flush_interval_s: float,
-        compression_threshold: int, metrics: Metrics,
+        self,
+        deliver: Deliver,
+        batch_size: int,
+        flush_interval_s: float,
+        compression_threshold: int,
+        metrics: Metrics,
     ) -> None:
         self.deliver = deliver
         self.batch_size = batch_size

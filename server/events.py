@@ -67,7 +67,7 @@ def room_name(state: SocketState, arg: object) -> str:
             raise CrossTenant(f"room of company {company!r} refused: you belong to company {state.company}")
         arg = arg.get("room")
     if not isinstance(arg, str):
-        raise BadArgument("room must be a string name or {\"room\": name}")
+        raise BadArgument('room must be a string name or {"room": name}')
     if ":" in arg:
         raise CrossTenant("room names may not contain ':' (internal room names are not addressable)")
     if not ROOM_NAME.match(arg):
@@ -169,7 +169,7 @@ class Handlers:
             lab.metrics.refusals.labels(reason="flood_disconnect").inc()
             lab.bans.ban(state.ip, s.ban_s)
             lab.disconnect_reasons[state.sid] = "flood"
-            lab.spawn(lab.sio.disconnect(state.sid))
+            lab.spawn(lab.kick(state.sid))
         return {"error": "rate_limited", "detail": f"over {s.event_rate:g} events/s"}
 
     async def on_echo(self, state: SocketState, *args):
@@ -183,7 +183,8 @@ class Handlers:
                 raise BadArgument(f"join room {name!r} before chatting in it")
             room = sub_room(state.company, name)
         await self.lab.sio.emit(
-            "chat", {"from": {"company": state.company, "user": state.user}, "data": payload}, room=room)
+            "chat", {"from": {"company": state.company, "user": state.user}, "data": payload}, room=room
+        )
         return {"ok": True}
 
     async def on_join(self, state: SocketState, arg=None, *rest):

@@ -43,8 +43,7 @@ class LabManager(socketio.AsyncManager):
                 self.metrics.packets_out.inc(n)
         use_fast = self.batcher is not None or self.fast_fanout
         if callback is not None or namespace != "/" or not use_fast:
-            return await super().emit(
-                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
+            return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
         if namespace not in self.rooms:
             return
         args = list(data) if isinstance(data, tuple) else [] if data is None else [data]

@@ -38,12 +38,14 @@ def error_count(lab: LabServer) -> int:
 async def health(request: web.Request, lab: LabServer) -> web.Response:
     rss = lab.memory.rss()
     status = lab.memory.status(rss)
-    return web.json_response({
-        "status": status,
-        "connections": lab.limiter.total,
-        "memory": {"used": rss, "threshold": lab.settings.memory_threshold},
-        "performance": {"latency": lab.metrics.window.percentiles_ms()["p95"], "errors": error_count(lab)},
-    })
+    return web.json_response(
+        {
+            "status": status,
+            "connections": lab.limiter.total,
+            "memory": {"used": rss, "threshold": lab.settings.memory_threshold},
+            "performance": {"latency": lab.metrics.window.percentiles_ms()["p95"], "errors": error_count(lab)},
+        }
+    )
 
 
 def snapshot(lab: LabServer) -> dict:
@@ -61,7 +63,7 @@ def snapshot(lab: LabServer) -> dict:
         "memory": {
             "usage": round(100.0 * rss / s.memory_threshold, 2),
             "trend": lab.memory.trend(),
-            "rooms": len(lab.sio.manager.rooms.get("/", {})),
+            "rooms": lab.room_count(),
             "rss": rss,
             "threshold": s.memory_threshold,
             "status": lab.memory.status(rss),
@@ -90,8 +92,11 @@ def snapshot(lab: LabServer) -> dict:
         },
         "gc": {"recent": list(lab.gc_monitor.recent)[-128:]},
         "node": {
-            "id": s.node, "profile": s.profile, "pid": os.getpid(),
-            "uptime_s": round(time.time() - lab.started, 3), "time": time.time(),
+            "id": s.node,
+            "profile": s.profile,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - lab.started, 3),
+            "time": time.time(),
         },
     }
 
@@ -114,28 +119,37 @@ async def diagnostics(request: web.Request, lab: LabServer) -> web.Response:
         if st.connected:
             users_by_company[st.company] += 1
             rooms_by_company[st.company] += len(st.rooms)
-    return web.json_response({
-        "companies": {
-            str(c): {"connections": n, "sub_room_memberships": rooms_by_company[c]}
-            for c, n in sorted(users_by_company.items())
-        },
-        "busiest_connections": [
-            {"sid": st.sid, "company": st.company, "user": st.user, "ip": st.ip, "events": st.events,
-             "rejected": st.rejected, "rooms": sorted(st.rooms)}
-            for st in busiest
-        ],
-        "limits": {
-            **lab.limiter.state(),
-            "enforced": lab.settings.toggles.conn_limits,
-            "rate_limit": lab.settings.toggles.rate_limit,
-            "banned_ips": len(lab.bans.until),
-            "memory_status": lab.memory_status,
-        },
-        "token_cache": {"entries": len(lab.auth.cache), "hits": lab.auth.hits, "misses": lab.auth.misses},
-        "gc": {"tuning": lab.gc_tuning, "collections": lab.gc_monitor.seq},
-        "socket_states": {"kept": len(lab.sockets), "connected": lab.limiter.total},
-        "settings": lab.settings.public(),
-    })
+    return web.json_response(
+        {
+            "companies": {
+                str(c): {"connections": n, "sub_room_memberships": rooms_by_company[c]}
+                for c, n in sorted(users_by_company.items())
+            },
+            "busiest_connections": [
+                {
+                    "sid": st.sid,
+                    "company": st.company,
+                    "user": st.user,
+                    "ip": st.ip,
+                    "events": st.events,
+                    "rejected": st.rejected,
+                    "rooms": sorted(st.rooms),
+                }
+                for st in busiest
+            ],
+            "limits": {
+                **lab.limiter.state(),
+                "enforced": lab.settings.toggles.conn_limits,
+                "rate_limit": lab.settings.toggles.rate_limit,
+                "banned_ips": len(lab.bans.until),
+                "memory_status": lab.memory_status,
+            },
+            "token_cache": {"entries": len(lab.auth.cache), "hits": lab.auth.hits, "misses": lab.auth.misses},
+            "gc": {"tuning": lab.gc_tuning, "collections": lab.gc_monitor.seq},
+            "socket_states": {"kept": len(lab.sockets), "connected": lab.limiter.total},
+            "settings": lab.settings.public(),
+        }
+    )
 
 
 async def cleanup(request: web.Request, lab: LabServer) -> web.Response:

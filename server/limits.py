@@ -53,7 +53,10 @@ class ConnectionLimiter:
         return {
             "total": self.total,
             "limits": {
-                "total": self.max_total, "company": self.max_company, "user": self.max_user, "ip": self.max_ip,
+                "total": self.max_total,
+                "company": self.max_company,
+                "user": self.max_user,
+                "ip": self.max_ip,
             },
             "by_ip": dict(self.by_ip.most_common(10)),
         }

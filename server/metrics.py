@@ -25,7 +25,9 @@ def counter_value(counter: Counter) -> float:
 def by_label(counter: Counter) -> dict[str, float]:
     return {
         next(iter(s.labels.values())): s.value
-        for m in counter.collect() for s in m.samples if s.name.endswith("_total")
+        for m in counter.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
     }
 
 
@@ -58,7 +60,8 @@ class Metrics:
         ProcessCollector(registry=r)
         self.connections = Gauge("socketio_connections_active", "Active connections", registry=r)
         self.connections_by_company = Gauge(
-            "socketio_company_connections", "Active connections per company", ["company"], registry=r)
+            "socketio_company_connections", "Active connections per company", ["company"], registry=r
+        )
         self.connects = Counter("socketio_connects", "Accepted connections", registry=r)
         self.disconnects = Counter("socketio_disconnects", "Disconnections", ["reason"], registry=r)
         self.refusals = Counter("socketio_refusals", "Refused connections and events", ["reason"], registry=r)
@@ -68,25 +71,35 @@ class Metrics:
         self.packets_out = Counter("socketio_packets_sent", "Socket.IO packets queued to transports", registry=r)
         self.handler_seconds = Counter("socketio_handler_seconds", "Time spent inside event handlers", registry=r)
         self.latency = Histogram(
-            "socketio_latency_seconds", "Event receipt to reply or fan-out enqueued",
-            buckets=LATENCY_BUCKETS, registry=r)
+            "socketio_latency_seconds",
+            "Event receipt to reply or fan-out enqueued",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.db_queries = Counter("socketio_db_queries", "Database queries", registry=r)
         self.token_cache = Counter("socketio_token_cache", "Token cache lookups", ["result"], registry=r)
         self.batches = Counter("socketio_batches", "Batches sent (one per recipient)", registry=r)
         self.batches_compressed = Counter("socketio_batches_compressed", "Batches sent compressed", registry=r)
         self.batch_events = Histogram(
-            "socketio_batch_events", "Events per batch", buckets=(1, 2, 5, 10, 20, 50, 100), registry=r)
+            "socketio_batch_events", "Events per batch", buckets=(1, 2, 5, 10, 20, 50, 100), registry=r
+        )
         self.batch_delay = Histogram(
-            "socketio_batch_delay_seconds", "Oldest event's wait in a batch", buckets=LATENCY_BUCKETS, registry=r)
+            "socketio_batch_delay_seconds", "Oldest event's wait in a batch", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.rss = Gauge("socketio_memory_rss_bytes", "Resident set size", registry=r)
         self.memory_pct = Gauge("socketio_memory_usage_percent", "RSS as percent of the threshold", registry=r)
         self.rooms = Gauge("socketio_rooms", "Rooms in the default namespace", registry=r)
         self.loop_lag = Gauge("socketio_event_loop_lag_seconds", "Last event-loop lag sample", registry=r)
         self.loop_lag_hist = Histogram(
-            "socketio_event_loop_lag_hist_seconds", "Event-loop lag samples", buckets=LATENCY_BUCKETS, registry=r)
+            "socketio_event_loop_lag_hist_seconds", "Event-loop lag samples", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.gc_pause = Histogram(
-            "socketio_gc_pause_seconds", "Garbage-collector pauses", ["generation"],
-            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0), registry=r)
+            "socketio_gc_pause_seconds",
+            "Garbage-collector pauses",
+            ["generation"],
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+            registry=r,
+        )
         self.cleanups = Counter("socketio_cleanup_freed", "Items freed by cleanup", ["kind"], registry=r)
         self.window = LatencyWindow()
         self.started = time.time()

@@ -57,6 +57,7 @@ class Settings(BaseModel):
     metrics_interval_ms: int = Field(5000, ge=100)  # SOCKET_METRICS_INTERVAL
     redis_url: str | None = None  # REDIS_URL
     admin_token: str | None = None  # SOCKET_ADMIN_TOKEN
+    redis_channel: str = "caplab"  # pub/sub channel shared by the nodes of one deployment
 
     # the seed's tuning values
     max_per_company: int = Field(500, ge=1)

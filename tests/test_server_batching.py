@@ -1,0 +1,97 @@
+"""Batching on the wire: one frame per flush window, the documented format, compression, timing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zlib
+
+import aiohttp
+
+from tests.sio import Client
+
+
+async def raw_frames(url: str, token: str, seconds: float, ready: asyncio.Event) -> list[tuple[float, object]]:
+    """Connect over a raw websocket and record every frame after the namespace connect."""
+    frames = []
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket") as ws,
+    ):
+        assert (await ws.receive()).data.startswith("0")
+        await ws.send_str("40" + json.dumps({"token": token}))
+        assert (await ws.receive()).data.startswith("40")
+        await ws.send_str('421["join","room1"]')
+        assert (await ws.receive()).data.startswith("431")
+        ready.set()
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            frames.append((time.monotonic(), msg.data))
+    return frames
+
+
+async def test_events_within_window_arrive_as_one_batch_frame(start_server):
+    server, users = start_server("optimized", companies=1, users=2, sets={"flush_interval_ms": 200})
+    ready = asyncio.Event()
+    listener = asyncio.create_task(raw_frames(server.url, users[1]["token"], 1.0, ready))
+    await ready.wait()
+    sender = await Client.connect(server.url, users[0]["token"])
+    t0 = time.monotonic()
+    for i in range(3):
+        await sender.send("chat", {"i": i})
+    frames = await listener
+    await sender.close()
+    text = [(t, f) for t, f in frames if isinstance(f, str) and f.startswith("42")]
+    assert len(text) == 1, frames
+    t, frame = text[0]
+    name, entries = json.loads(frame[2:])
+    assert name == "batch"
+    assert [e[0] for e in entries] == ["chat"] * 3
+    assert [e[1]["data"] for e in entries] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert entries[0][1]["from"] == {"company": 1, "user": users[0]["user"]}
+    assert t - t0 <= 0.2 + 0.1, "flushed later than one window (+100 ms slack)"
+
+
+async def test_full_batch_is_sent_at_once(start_server):
+    server, users = start_server("optimized", companies=1, users=2, sets={"flush_interval_ms": 5000, "batch_size": 4})
+    a = await Client.connect(server.url, users[0]["token"])
+    t0 = time.monotonic()
+    for i in range(4):
+        await a.send("chat", {"i": i})
+    events = await a.wait_events(4, timeout=2)
+    assert time.monotonic() - t0 < 2, "a full batch waited for the 5 s window"
+    assert [e[1][0]["data"]["i"] for e in events] == [0, 1, 2, 3]
+    await a.close()
+
+
+async def test_large_batch_is_compressed_binary(start_server):
+    server, users = start_server(
+        "optimized", companies=1, users=2, sets={"flush_interval_ms": 100, "compression_threshold": 256}
+    )
+    ready = asyncio.Event()
+    listener = asyncio.create_task(raw_frames(server.url, users[1]["token"], 0.8, ready))
+    await ready.wait()
+    sender = await Client.connect(server.url, users[0]["token"])
+    await sender.send("chat", {"text": "x" * 2000})
+    frames = await listener
+    await sender.close()
+    heads = [f for _, f in frames if isinstance(f, str) and f.startswith("45")]
+    blobs = [f for _, f in frames if isinstance(f, bytes)]
+    assert heads == ['451-["batch",{"_placeholder":true,"num":0}]']
+    entries = json.loads(zlib.decompress(blobs[0]))
+    assert entries[0][1]["data"] == {"text": "x" * 2000}
+    assert len(blobs[0]) < 500
+
+
+async def test_baseline_sends_plain_events(start_server):
+    server, users = start_server("baseline", companies=1, users=2)
+    a = await Client.connect(server.url, users[0]["token"])
+    await a.call("chat", {"hello": 1})
+    events = await a.wait_events(1)
+    assert events[0][0] == "chat"
+    await a.close()

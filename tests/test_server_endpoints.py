@@ -1,0 +1,112 @@
+"""Monitoring endpoints: shapes, Prometheus text parsed back, admin token, memory leak and cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.sio import Client
+
+
+async def get(url: str, path: str, **kw) -> tuple[int, object]:
+    async with aiohttp.ClientSession() as s, s.request(kw.pop("method", "GET"), url + path, **kw) as r:
+        body = await r.json() if r.content_type == "application/json" else await r.text()
+        return r.status, body
+
+
+@pytest.mark.parametrize("profile", ["baseline", "optimized"])
+async def test_health_and_metrics_shapes(start_server, profile):
+    server, users = start_server(profile, companies=2, users=1, sets={"metrics_interval_ms": 2000})
+    clients = [await Client.connect(server.url, u["token"]) for u in users]
+    for c in clients:
+        await c.call("echo", "x")
+    await asyncio.sleep(0.5)
+    status, health = await get(server.url, "/socket-health")
+    assert status == 200
+    assert health["status"] == "healthy" and health["connections"] == 2
+    assert set(health["memory"]) == {"used", "threshold"} and health["memory"]["threshold"] == 500_000_000
+    assert set(health["performance"]) == {"latency", "errors"}
+    status, m = await get(server.url, "/socket-metrics")
+    assert set(m["performance"]["latency"]) == {"p50", "p95", "p99"}
+    assert m["performance"]["latency"]["p50"] > 0
+    assert "eventsPerSecond" in m["performance"]["throughput"]
+    assert m["connections"] == {"total": 2, "byCompany": {"1": 1, "2": 1}}
+    assert {"usage", "trend", "rooms"} <= set(m["memory"]) and m["memory"]["rooms"] == 4
+    c = m["counters"]
+    assert c["events_in"] == 2 and c["packets_out"] == 2 and c["cpu_seconds"] > 0 and c["rss_bytes"] > 1e6
+    assert c["db_queries"] == 2
+    status, diag = await get(server.url, "/socket-diagnostics")
+    assert diag["companies"] == {
+        "1": {"connections": 1, "sub_room_memberships": 0},
+        "2": {"connections": 1, "sub_room_memberships": 0},
+    }
+    assert diag["settings"]["profile"] == profile and "admin_token" in diag["settings"]
+    for c in clients:
+        await c.close()
+
+
+async def test_prometheus_text_parses(start_server):
+    server, users = start_server("optimized", companies=1, users=1)
+    c = await Client.connect(server.url, users[0]["token"])
+    await c.call("echo", 1)
+    await c.call("chat", "hi")
+    await c.wait_events(1)
+    await c.close()
+    _status, text = await get(server.url, "/socket-metrics?format=prometheus")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["socketio_connections_active"].type == "gauge"
+    assert families["socketio_latency_seconds"].type == "histogram"
+    events = {s.labels["event"]: s.value for s in families["socketio_events_received"].samples}
+    assert events["echo"] == 1 and events["chat"] == 1
+    assert families["socketio_batches"].samples[0].value >= 1
+    assert "process_cpu_seconds" in families
+    assert (await get(server.url, "/socket-metrics?format=xml"))[0] == 400
+
+
+async def test_cleanup_needs_admin_token(start_server):
+    server, _ = start_server("optimized", companies=1, users=1, env={"SOCKET_ADMIN_TOKEN": "s3cret"})
+    assert (await get(server.url, "/socket-cleanup", method="POST"))[0] == 401
+    hdr = {"Authorization": "Bearer wrong"}
+    assert (await get(server.url, "/socket-cleanup", method="POST", headers=hdr))[0] == 403
+    hdr = {"Authorization": "Bearer s3cret"}
+    status, body = await get(server.url, "/socket-cleanup", method="POST", headers=hdr)
+    assert status == 200 and {"socket_states", "empty_rooms", "gc_objects", "rss_freed_bytes"} <= set(body["freed"])
+    _, diag = await get(server.url, "/socket-diagnostics")
+    assert "s3cret" not in str(diag)
+
+
+@pytest.mark.parametrize(("profile", "kept"), [("baseline", 3), ("optimized", 0)])
+async def test_per_socket_state_leaks_only_in_baseline(start_server, profile, kept):
+    server, users = start_server(profile, companies=1, users=1)
+    for _ in range(3):
+        c = await Client.connect(server.url, users[0]["token"])
+        await c.close()
+    await asyncio.sleep(0.3)
+    _, m = await get(server.url, "/socket-metrics")
+    assert m["connections"]["total"] == 0
+    assert m["counters"]["socket_states"] == kept
+
+
+async def test_malformed_packets_close_only_the_offender(start_server):
+    server, users = start_server("optimized", companies=1, users=2, sets={"max_payload_bytes": 10_000})
+    good = await Client.connect(server.url, users[0]["token"])
+    ws_url = server.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+    bad_frames = ['42["echo", nope]', "4garbage", "4" + "5" * 3 + "-[]", "9", "42" + "[" * 10, "x"]
+    async with aiohttp.ClientSession() as s:
+        for frame in [*bad_frames, "42" + '["echo","' + "x" * 20000 + '"]']:
+            async with s.ws_connect(ws_url) as ws:
+                await ws.receive()
+                await ws.send_str('40{{"token":"{}"}}'.format(users[1]["token"]))
+                await ws.receive()
+                await ws.send_str(frame)
+                try:
+                    await asyncio.wait_for(ws.receive(), 2)
+                except TimeoutError:
+                    pass
+            assert await good.call("echo", frame[:5]) == [frame[:5]], f"server stopped serving after {frame!r}"
+    _, m = await get(server.url, "/socket-metrics")
+    assert m["counters"]["errors"].get("malformed_packet", 0) >= 2
+    await good.close()
