@@ -1,0 +1,268 @@
+"""Projections of a run's events: steps, the benchmark row, time series, before/after comparison.
+
+One code path for measured and simulated runs. Rules, stated once:
+
+- Steps: ``sample`` rows named ``step`` mark the start of each load step (value = target
+  connections); a ``sample`` row named ``end`` closes the last one.
+- Warm-up cut: inside each step only ``[start + settle, end)`` counts, where
+  ``settle = max(1 s, 25 % of the step)``.
+- Latency: ``ack`` and ``push`` rows, placed in a window by their intended send time
+  (``t - latency_s``); percentiles are nearest-rank over every sample, never averaged.
+- Errors: ``connect_fail + timeout + reject + error`` over ``connect_start + send``.
+- A step holds when p95 <= SLO p95, error rate <= SLO error rate and at least 99 % of its target
+  connections were live; max stable connections is the target of the last step of the leading
+  run of steps that held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+ERROR_KINDS = ("connect_fail", "timeout", "reject", "error")
+ATTEMPT_KINDS = ("connect_start", "send")
+WARMUP_RULE = "each step counts from max(1 s, 25 % of its length) after it starts"
+
+
+@dataclass(frozen=True)
+class SLO:
+    p95_s: float = 0.120
+    error_rate: float = 0.001
+
+
+def percentile(values: np.ndarray, q: float) -> float:
+    """Nearest-rank percentile (the smallest value with at least q % of samples at or below it)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan")
+    return float(np.percentile(values, q, method="inverted_cdf"))
+
+
+def steps(df: pd.DataFrame) -> pd.DataFrame:
+    """Load steps: index, target connections, start, end, and the counted window after warm-up."""
+    marks = df[(df["kind"] == "sample") & (df["name"] == "step")]
+    ends = df[(df["kind"] == "sample") & (df["name"] == "end")]
+    t_end = float(ends["t"].max()) if len(ends) else float(df["t"].max()) if len(df) else 0.0
+    starts = marks["t"].to_numpy(float)
+    targets = marks["value"].to_numpy(float)
+    stops = np.append(starts[1:], t_end)
+    settle = np.maximum(1.0, 0.25 * (stops - starts))
+    return pd.DataFrame(
+        {
+            "step": np.arange(len(starts)),
+            "target": targets.astype(int),
+            "start": starts,
+            "end": stops,
+            "window_start": np.minimum(starts + settle, stops),
+        }
+    )
+
+
+def live_connections(df: pd.DataFrame) -> pd.Series:
+    """Client-side live connections after each connect_ok / disconnect row, indexed by t."""
+    ev = df[df["kind"].isin(["connect_ok", "disconnect"])]
+    delta = np.where(ev["kind"] == "connect_ok", 1, -1)
+    return pd.Series(np.cumsum(delta), index=ev["t"].to_numpy())
+
+
+def _latencies(df: pd.DataFrame, t0: float, t1: float, kinds=("ack", "push")) -> np.ndarray:
+    ev = df[df["kind"].isin(kinds)]
+    sent = ev["t"].to_numpy() - ev["latency_s"].to_numpy()
+    return ev["latency_s"].to_numpy()[(sent >= t0) & (sent < t1)]
+
+
+def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
+    """Latency percentiles, error rate and throughput of events intended in ``[t0, t1)``."""
+    in_win = df[(df["t"] >= t0) & (df["t"] < t1)]
+    counts = in_win["kind"].value_counts()
+    lat = _latencies(df, t0, t1)
+    errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
+    attempts = sum(int(counts.get(k, 0)) for k in ATTEMPT_KINDS)
+    span = max(t1 - t0, 1e-9)
+    return {
+        "p50_ms": 1000 * percentile(lat, 50),
+        "p95_ms": 1000 * percentile(lat, 95),
+        "p99_ms": 1000 * percentile(lat, 99),
+        "ack_p95_ms": 1000 * percentile(_latencies(df, t0, t1, ("ack",)), 95),
+        "push_p95_ms": 1000 * percentile(_latencies(df, t0, t1, ("push",)), 95),
+        "error_rate": errors / attempts if attempts else 0.0,
+        "throughput_eps": int(counts.get("ack", 0)) / span,
+        "deliveries_per_s": int(counts.get("push", 0)) / span,
+        "sends_per_s": int(counts.get("send", 0)) / span,
+    }
+
+
+def step_table(df: pd.DataFrame, slo: SLO = SLO()) -> pd.DataFrame:
+    """Per step: target and reached connections, latency, errors, throughput, and whether it held."""
+    rows = []
+    live = live_connections(df)
+    for st in steps(df).itertuples():
+        stats = window_stats(df, st.window_start, st.end)
+        in_step = live[(live.index >= st.start) & (live.index < st.end)]
+        before = live[live.index < st.start]
+        reached = int(max(in_step.max() if len(in_step) else 0, before.iloc[-1] if len(before) else 0))
+        p95_ok = not np.isnan(stats["p95_ms"]) and stats["p95_ms"] <= slo.p95_s * 1000
+        held = p95_ok and stats["error_rate"] <= slo.error_rate and reached >= 0.99 * st.target
+        rows.append({"step": st.step, "target": st.target, "reached": reached, **stats, "held": held})
+    return pd.DataFrame(rows)
+
+
+def max_stable(table: pd.DataFrame) -> tuple[int, bool]:
+    """(connections, is_lower_bound): the last step of the leading run of held steps."""
+    best = 0
+    for row in table.itertuples():
+        if not row.held:
+            return best, False
+        best = int(row.target)
+    return best, bool(len(table))
+
+
+def _samples(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    s = df[(df["kind"] == "sample") & (df["name"] == name) & (df["node"] >= 0)]
+    return s[["t", "node", "value"]]
+
+
+def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
+    """Sum over nodes of the counter's increase per second within [t0, t1]."""
+    total = 0.0
+    for _, s in _samples(df, name).groupby("node"):
+        s = s[(s["t"] >= t0) & (s["t"] <= t1)]
+        if len(s) >= 2 and s["t"].iloc[-1] > s["t"].iloc[0]:
+            total += (s["value"].iloc[-1] - s["value"].iloc[0]) / (s["t"].iloc[-1] - s["t"].iloc[0])
+    return total
+
+
+def benchmark_row(df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO()) -> dict:
+    """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health."""
+    manifest = manifest or {}
+    table = step_table(df, slo)
+    best, lower_bound = max_stable(table)
+    st = steps(df)
+    t0, t1 = (st["window_start"].iloc[-1], st["end"].iloc[-1]) if len(st) else (0.0, float(df["t"].max() or 0))
+    steady = window_stats(df, t0, t1)
+    counts = df["kind"].value_counts()
+    errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
+    attempts = sum(int(counts.get(k, 0)) for k in ATTEMPT_KINDS)
+
+    rss = _samples(df, "rss_bytes")
+    peak_mb = float(rss.groupby(rss["t"].round(0))["value"].sum().max() / 1e6) if len(rss) else float("nan")
+    lag = _samples(df, "loop_lag_max_s")
+    lag = lag[(lag["t"] >= t0) & (lag["t"] <= t1)]["value"]
+    oks = df[df["kind"] == "connect_ok"]["t"]
+    starts = df[df["kind"] == "connect_start"]["t"]
+    ramp = (oks.max() - starts.min()) if len(oks) else float("nan")
+    gen_cpu = df[(df["kind"] == "sample") & (df["name"] == "gen_cpu_seconds")]
+    gen_pct = float("nan")
+    if len(gen_cpu) >= 2:
+        gen_pct = 0.0
+        for _, g in gen_cpu.groupby("conn"):  # conn column carries the generator worker id
+            if len(g) >= 2:
+                gen_pct += (
+                    100 * (g["value"].iloc[-1] - g["value"].iloc[0]) / max(g["t"].iloc[-1] - g["t"].iloc[0], 1e-9)
+                )
+    sends = df[df["kind"] == "send"]["latency_s"].to_numpy()
+    row = {
+        "run_id": manifest.get("run_id", ""),
+        "source": manifest.get("source", ""),
+        "profile": manifest.get("profile", ""),
+        "connections": int(st["target"].iloc[-1]) if len(st) else 0,
+        "max_stable_connections": best,
+        "max_stable_is_lower_bound": lower_bound,
+        "p50_ms": steady["p50_ms"],
+        "p95_ms": steady["p95_ms"],
+        "p99_ms": steady["p99_ms"],
+        "ack_p95_ms": steady["ack_p95_ms"],
+        "push_p95_ms": steady["push_p95_ms"],
+        "peak_memory_mb": peak_mb,
+        "mean_cpu_pct": 100 * _node_rate(df, "cpu_seconds", t0, t1),
+        "error_rate_pct": 100 * errors / attempts if attempts else 0.0,
+        "throughput_eps": steady["throughput_eps"],
+        "deliveries_per_s": steady["deliveries_per_s"],
+        "connect_rate_per_s": len(oks) / ramp if ramp and ramp > 0 else float("nan"),
+        "loop_lag_max_ms": 1000 * float(lag.max()) if len(lag) else float("nan"),
+        "gen_cpu_pct": gen_pct,
+        "send_lag_p99_ms": 1000 * percentile(sends, 99),
+        "sends": int(counts.get("send", 0)),
+        "acks": int(counts.get("ack", 0)),
+        "pushes": int(counts.get("push", 0)),
+        "errors": errors,
+    }
+    row["generator_ok"] = bool(
+        (np.isnan(row["gen_cpu_pct"]) or row["gen_cpu_pct"] < 90)
+        and (np.isnan(row["send_lag_p99_ms"]) or row["send_lag_p99_ms"] < 50)
+    )
+    return row
+
+
+def timeseries(df: pd.DataFrame, bucket_s: float = 1.0) -> pd.DataFrame:
+    """Per-second series: sends, acks, pushes, errors, p95 latency, live connections, server RSS and CPU %."""
+    if df.empty:
+        return pd.DataFrame()
+    b = np.floor(df["t"].to_numpy() / bucket_s).astype(np.int64)
+    frame = pd.DataFrame({"b": b, "kind": df["kind"].to_numpy(), "lat": df["latency_s"].to_numpy()})
+    counts = pd.crosstab(frame["b"], frame["kind"]).reindex(columns=["send", "ack", "push", *ERROR_KINDS], fill_value=0)
+    out = pd.DataFrame(index=pd.RangeIndex(b.min(), b.max() + 1, name="second"))
+    out["sends_per_s"] = counts["send"] / bucket_s
+    out["acks_per_s"] = counts["ack"] / bucket_s
+    out["pushes_per_s"] = counts["push"] / bucket_s
+    out["errors_per_s"] = counts[list(ERROR_KINDS)].sum(axis=1) / bucket_s
+    lat = frame[frame["kind"].isin(["ack", "push"])]
+    out["p95_ms"] = lat.groupby("b")["lat"].apply(lambda x: 1000 * percentile(x.to_numpy(), 95))
+    live = live_connections(df)
+    if len(live):
+        out["connections"] = (
+            pd.Series(live.values, index=np.floor(live.index / bucket_s).astype(int))
+            .groupby(level=0)
+            .last()
+            .reindex(out.index)
+            .ffill()
+        )
+    for name, col in (("rss_bytes", "rss_mb"), ("cpu_seconds", "cpu_pct"), ("loop_lag_max_s", "loop_lag_ms")):
+        s = _samples(df, name)
+        if s.empty:
+            continue
+        s = s.assign(b=np.floor(s["t"] / bucket_s).astype(int))
+        per = s.groupby(["b", "node"])["value"].last().unstack("node")
+        if col == "cpu_pct":
+            per = per.diff() / bucket_s * 100
+        scale = {"rss_mb": 1e-6, "cpu_pct": 1.0, "loop_lag_ms": 1000.0}[col]
+        out[col] = per.sum(axis=1, min_count=1).reindex(out.index) * scale
+    return out.fillna({"sends_per_s": 0, "acks_per_s": 0, "pushes_per_s": 0, "errors_per_s": 0})
+
+
+# metric -> (label, True when lower is better)
+TABLE_METRICS: dict[str, tuple[str, bool]] = {
+    "max_stable_connections": ("Max stable connections", False),
+    "p95_ms": ("P95 latency (ms)", True),
+    "peak_memory_mb": ("Peak memory (MB)", True),
+    "mean_cpu_pct": ("CPU (% of one core)", True),
+    "error_rate_pct": ("Error rate (%)", True),
+    "throughput_eps": ("Event throughput (acked/s)", False),
+    "deliveries_per_s": ("Room deliveries (/s)", False),
+    "p99_ms": ("P99 latency (ms)", True),
+    "connect_rate_per_s": ("Connect rate (/s)", False),
+    "loop_lag_max_ms": ("Event-loop lag, max (ms)", True),
+}
+
+
+def improvement(before: float, after: float, lower_is_better: bool) -> float:
+    """Percent improvement: reduction for lower-is-better metrics, increase otherwise."""
+    if before is None or after is None or np.isnan(before) or np.isnan(after) or before == 0:
+        return float("nan")
+    return 100 * ((before - after) / before if lower_is_better else (after - before) / before)
+
+
+def compare(before: dict, after: dict) -> pd.DataFrame:
+    """The before/after table with an improvement column."""
+    rows = []
+    for key, (label, lower) in TABLE_METRICS.items():
+        b, a = before.get(key, float("nan")), after.get(key, float("nan"))
+        rows.append({"metric": label, "key": key, "before": b, "after": a, "improvement_pct": improvement(b, a, lower)})
+    return pd.DataFrame(rows)
+
+
+def slo_dict(slo: SLO) -> dict:
+    return asdict(slo)

@@ -1,0 +1,38 @@
+"""The event-log row schema shared by measured and simulated runs."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+KINDS: tuple[str, ...] = (
+    "connect_start",
+    "connect_ok",
+    "connect_fail",
+    "disconnect",
+    "send",
+    "ack",
+    "push",
+    "timeout",
+    "reject",
+    "error",
+    "sample",
+)
+KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
+
+# column -> (arrow type, meaning)
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "t": (pa.float64(), "seconds since the run started (machine-wide monotonic clock)"),
+    "kind": (pa.dictionary(pa.int8(), pa.string()), "row kind, one of KINDS"),
+    "conn": (pa.int32(), "virtual connection id, -1 where none"),
+    "node": (pa.int16(), "server node, -1 where none"),
+    "name": (pa.dictionary(pa.int32(), pa.string()), "event name, or metric name for 'sample' rows"),
+    "latency_s": (pa.float64(), "ack/push: from the intended send time; send: send lag; NaN elsewhere"),
+    "bytes": (pa.int32(), "payload size"),
+    "value": (pa.float64(), "sample value; NaN elsewhere"),
+}
+SCHEMA = pa.schema(
+    [pa.field(name, typ) for name, (typ, _) in COLUMNS.items()],
+    metadata={b"caplab.schema_version": str(SCHEMA_VERSION).encode()},
+)

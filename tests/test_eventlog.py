@@ -1,0 +1,162 @@
+"""Event log: round trip, crash safety, and projections on small hand-made logs with exact answers."""
+
+from __future__ import annotations
+
+import math
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from eventlog import (
+    SLO,
+    EventWriter,
+    TornPartWarning,
+    benchmark_row,
+    check_claims,
+    compare,
+    create_run,
+    finish_run,
+    percentile,
+    read_run,
+    step_table,
+    timeseries,
+)
+
+
+def test_round_trip(tmp_path):
+    run_dir, manifest = create_run(tmp_path, "measured", "rt", scenario={"x": 1})
+    with EventWriter(run_dir, "w0", t0=manifest["clock"]["monotonic_t0"], flush_rows=3) as w:
+        w.row("connect_start", 0.0, conn=1)
+        w.row("connect_ok", 0.01, conn=1, latency_s=0.01)
+        w.row("send", 0.5, conn=1, name="echo", latency_s=0.0001, nbytes=20)
+        w.row("ack", 0.52, conn=1, name="echo", latency_s=0.02, nbytes=20)
+        w.row("sample", 0.6, node=0, name="rss_bytes", value=5e7)
+    finish_run(run_dir)
+    run = read_run(run_dir)
+    assert run.manifest["status"] == "complete" and run.manifest["scenario"] == {"x": 1}
+    df = run.events
+    assert list(df["kind"]) == ["connect_start", "connect_ok", "send", "ack", "sample"]
+    assert list(df["name"]) == ["", "", "echo", "echo", "rss_bytes"]
+    assert df["bytes"].tolist() == [0, 0, 20, 20, 0]
+    assert math.isnan(df["value"].iloc[0]) and df["value"].iloc[-1] == 5e7
+    assert len(list((run_dir / "events").glob("part-*.parquet"))) == 2
+
+
+def test_killed_writer_keeps_every_complete_part(tmp_path):
+    run_dir, _manifest = create_run(tmp_path, "measured", "crash")
+    code = textwrap.dedent(f"""
+        import os, signal
+        from eventlog import EventWriter
+        w = EventWriter({str(run_dir)!r}, "victim", flush_rows=100)
+        for i in range(350):
+            w.row("send", float(i), conn=i, name="echo")
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    (run_dir / "events" / "part-other-000000.parquet").write_bytes(b"PAR1 torn half a file")
+    with pytest.warns(TornPartWarning, match="part-other-000000"):
+        run = read_run(run_dir)
+    assert run.manifest["status"] == "running"  # never finished, still readable
+    assert run.events["t"].tolist() == [float(i) for i in range(300)]
+
+
+def test_percentile_is_nearest_rank():
+    values = np.arange(1, 101, dtype=float)  # 1..100
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 50) == 50.0
+    assert percentile(np.array([5.0]), 99) == 5.0
+    assert math.isnan(percentile(np.array([]), 50))
+
+
+def hand_made_log(tmp_path, fail_second_step=False):
+    """Two 10 s steps (10 then 20 connections), one echo per connection per second, known latencies."""
+    run_dir, _manifest = create_run(tmp_path, "simulated", "hand")
+    w = EventWriter(run_dir, "hand", t0=0.0)
+    conn = 0
+    for step, (start, target) in enumerate([(0.0, 10), (10.0, 20)]):
+        w.row("sample", start, name="step", value=target)
+        while conn < target:
+            w.row("connect_start", start, conn=conn)
+            w.row("connect_ok", start + 0.1, conn=conn, latency_s=0.1)
+            conn += 1
+        for s in range(10):
+            for c in range(target):
+                t = start + s + c / 100
+                lat = 0.01 * (c + 1) if not (fail_second_step and step == 1) else 0.5
+                w.row("send", t, conn=c, name="echo", latency_s=0.0)
+                w.row("ack", t + lat, conn=c, name="echo", latency_s=lat)
+    w.row("timeout", 19.5, conn=0, name="echo")
+    w.row("sample", 20.0, name="end")
+    for t in range(21):
+        w.row("sample", float(t), node=0, name="cpu_seconds", value=0.5 * t)
+        w.row("sample", float(t), node=0, name="rss_bytes", value=1e8 + 1e6 * t)
+    w.close()
+    finish_run(run_dir)
+    return read_run(run_dir)
+
+
+def test_steps_and_row_on_hand_made_log(tmp_path):
+    run = hand_made_log(tmp_path)
+    table = step_table(run.events, SLO(p95_s=0.5, error_rate=0.01))
+    assert table["target"].tolist() == [10, 20] and table["reached"].tolist() == [10, 20]
+    # step 1 counts from t = 10 + 2.5: sends at seconds 3..9 -> 7 s x 20 connections
+    # latencies 10..200 ms, each connection's latency fixed: p95 of 1..20 (x10 ms) is 190 ms
+    assert table["p95_ms"].iloc[1] == pytest.approx(190.0)
+    assert table["p50_ms"].iloc[1] == pytest.approx(100.0)
+    assert table["throughput_eps"].iloc[1] == pytest.approx(140 / 7.5)  # 7 whole seconds of sends in 7.5 s
+    assert table["error_rate"].iloc[1] == pytest.approx(1 / 140)  # one timeout over 140 sends
+    assert table["held"].tolist() == [True, True]
+    row = benchmark_row(run.events, run.manifest, SLO(p95_s=0.5, error_rate=0.01))
+    assert row["max_stable_connections"] == 20 and row["max_stable_is_lower_bound"]
+    assert row["peak_memory_mb"] == pytest.approx(120.0)
+    assert row["mean_cpu_pct"] == pytest.approx(50.0)
+    assert row["error_rate_pct"] == pytest.approx(100 * 1 / (20 + 300))  # 20 connects + 300 sends
+    ts = timeseries(run.events)
+    assert ts["acks_per_s"].loc[15] == 20 and ts["connections"].loc[15] == 20
+
+
+def test_failed_step_caps_max_stable(tmp_path):
+    run = hand_made_log(tmp_path, fail_second_step=True)
+    row = benchmark_row(run.events, run.manifest, SLO(p95_s=0.3, error_rate=0.01))
+    assert row["max_stable_connections"] == 10 and not row["max_stable_is_lower_bound"]
+
+
+def test_compare_and_claims():
+    before = {
+        "max_stable_connections": 200,
+        "p95_ms": 800.0,
+        "peak_memory_mb": 800.0,
+        "mean_cpu_pct": 75.0,
+        "error_rate_pct": 5.0,
+        "throughput_eps": 50.0,
+    }
+    after = {
+        "max_stable_connections": 2000,
+        "p95_ms": 200.0,
+        "peak_memory_mb": 300.0,
+        "mean_cpu_pct": float("nan"),
+        "error_rate_pct": 0.05,
+        "throughput_eps": 1500.0,
+        "max_stable_is_lower_bound": False,
+    }
+    table = compare(before, after).set_index("key")
+    assert table.loc["p95_ms", "improvement_pct"] == pytest.approx(75.0)
+    assert table.loc["max_stable_connections", "improvement_pct"] == pytest.approx(900.0)
+    verdicts = check_claims(before, after).set_index("key")["verdict"].to_dict()
+    assert verdicts == {
+        "max_stable_connections": "held",
+        "p95_ms": "not held",
+        "peak_memory_mb": "held",
+        "mean_cpu_pct": "not measurable here",
+        "error_rate_pct": "held",
+        "throughput_eps": "held",
+    }
+    capped = check_claims(
+        before, {**after, "max_stable_connections": 1000, "max_stable_is_lower_bound": True}, tested_connections=1000
+    ).set_index("key")
+    assert capped.loc["max_stable_connections", "verdict"] == "not measurable here"
