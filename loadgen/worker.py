@@ -1,0 +1,339 @@
+"""One load-generator worker: opens its share of connections and sends on an open-loop schedule.
+
+Open loop: every connection has its own schedule of intended send times (Poisson or fixed rate),
+kept in one heap; a send that goes out late keeps its intended time, and every latency counts from
+it, so a stalled server cannot hide behind a slowed-down client (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import os
+import random
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from eventlog import EventWriter
+
+from .connection import Connection, ConnectRefused
+from .scrape import Scraper
+from .spec import LoadSpec
+
+Progress = Callable[[dict], None]
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class VConn:
+    """A virtual client: its id, token, live connection and acks in flight."""
+
+    __slots__ = ("addr", "conn", "id", "pending", "planned_close", "room", "token", "up")
+
+    def __init__(self, cid: int, token: str, addr: int) -> None:
+        self.id = cid
+        self.token = token
+        self.addr = addr
+        self.conn: Connection | None = None
+        self.pending: dict[int, tuple[float, str]] = {}
+        self.up = False
+        self.planned_close = False
+        self.room: str | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        spec: LoadSpec,
+        run_dir: Path | str,
+        t0: float,
+        worker_id: int,
+        tokens: list[str],
+        progress: Progress | None = None,
+    ) -> None:
+        if not tokens:
+            raise ValueError("no tokens: pass the JSON lines of `python -m server users`")
+        self.spec = spec
+        self.wid = worker_id
+        self.writer = EventWriter(run_dir, f"gen{worker_id}", t0)
+        self.rng = random.Random(spec.seed * 7919 + worker_id)
+        self.vconns = {
+            cid: VConn(cid, tokens[cid % len(tokens)], cid % len(spec.source_addrs))
+            for cid in range(worker_id, spec.max_connections, spec.workers)
+        }
+        self.heap: list[tuple[float, int]] = []
+        self.rate = spec.rate_per_connection
+        total = sum(spec.mix.values())
+        acc, self.mix = 0.0, []
+        for name, w in spec.mix.items():
+            acc += w / total
+            self.mix.append((acc, name))
+        self.pad = "x" * spec.payload_bytes
+        self.sending = False
+        self.progress = progress
+        self.connecting: set[asyncio.Task] = set()
+        self.window_lat: list[float] = []
+        self.counts = {"send": 0, "ack": 0, "push": 0, "err": 0}
+        self.sessions: list[aiohttp.ClientSession] = []
+
+    # -- schedule ---------------------------------------------------------------------------
+    def gap(self) -> float:
+        if self.rate <= 0:
+            return float("inf")
+        return self.rng.expovariate(self.rate) if self.spec.arrival == "poisson" else 1.0 / self.rate
+
+    def first_send(self, after: float) -> float:
+        if self.spec.arrival == "fixed" and self.rate > 0:
+            return after + self.rng.random() / self.rate
+        return after + self.gap()
+
+    def pick(self) -> str:
+        r = self.rng.random()
+        for edge, name in self.mix:
+            if r < edge:
+                return name
+        return self.mix[-1][1]
+
+    # -- connections --------------------------------------------------------------------------
+    async def open(self, vc: VConn, t_int: float) -> None:
+        w = self.writer
+        w.row("connect_start", t_int, conn=vc.id)
+        vc.planned_close = False
+        try:
+            conn = await Connection.open(
+                self.sessions[vc.addr], self.spec.url, {"token": vc.token}, timeout=self.spec.connect_timeout_s
+            )
+        except ConnectRefused as exc:
+            w.row("connect_fail", w.now(), conn=vc.id, name=f"refused: {exc}"[:120])
+            self.counts["err"] += 1
+            return
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+            w.row("connect_fail", w.now(), conn=vc.id, name=type(exc).__name__)
+            self.counts["err"] += 1
+            return
+        now = w.now()
+        w.row("connect_ok", now, conn=vc.id, latency_s=now - t_int)
+        vc.conn, vc.up = conn, True
+        conn.on_ack = lambda ack_id, args: self.on_ack(vc, ack_id, args)
+        conn.on_event = lambda name, args: self.on_event(vc, name, args)
+        conn.on_close = lambda reason: self.on_close(vc, reason)
+        for r in range(self.spec.rooms_per_connection):
+            vc.room = f"room{(vc.id + r) % 8}"
+            await self.send(vc, "join", vc.room, now)
+        heapq.heappush(self.heap, (self.first_send(now), vc.id))
+
+    def on_close(self, vc: VConn, reason: str) -> None:
+        vc.up = False
+        t = self.writer.now()
+        if not vc.planned_close:
+            self.writer.row("error", t, conn=vc.id, name=f"dropped: {reason}"[:120])
+            self.counts["err"] += 1
+        self.writer.row("disconnect", t, conn=vc.id, name=reason[:120])
+
+    def on_ack(self, vc: VConn, ack_id: int, args: list) -> None:
+        entry = vc.pending.pop(ack_id, None)
+        if entry is None:
+            return  # already counted as a timeout
+        t_int, name = entry
+        now = self.writer.now()
+        lat = now - t_int
+        if args and isinstance(args[0], dict) and "error" in args[0]:
+            self.writer.row("reject", now, conn=vc.id, name=f"{name}:{args[0]['error']}", latency_s=lat)
+            self.counts["err"] += 1
+        else:
+            self.writer.row("ack", now, conn=vc.id, name=name, latency_s=lat)
+            self.counts["ack"] += 1
+            self.window_lat.append(lat)
+
+    def on_event(self, vc: VConn, name: str, args: list) -> None:
+        if name != "chat" or not args or not isinstance(args[0], dict):
+            return
+        data = args[0].get("data")
+        if isinstance(data, dict) and isinstance(data.get("t"), float):
+            now = self.writer.now()
+            lat = now - data["t"]
+            self.writer.row("push", now, conn=vc.id, name="chat", latency_s=lat)
+            self.counts["push"] += 1
+            self.window_lat.append(lat)
+
+    # -- sending ------------------------------------------------------------------------------
+    async def send(self, vc: VConn, name: str, arg: object, t_int: float) -> None:
+        ack_id, sending = vc.conn.emit(name, [arg])
+        if sending is None:
+            return
+        vc.pending[ack_id] = (t_int, name)
+        try:
+            await sending
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            vc.pending.pop(ack_id, None)
+            self.writer.row("error", self.writer.now(), conn=vc.id, name=f"send_failed:{name}")
+            self.counts["err"] += 1
+            return
+        self.writer.row(
+            "send", t_int, conn=vc.id, name=name, latency_s=self.writer.now() - t_int, nbytes=self.spec.payload_bytes
+        )
+        self.counts["send"] += 1
+
+    async def sender(self) -> None:
+        heap, now_fn, vconns = self.heap, self.writer.now, self.vconns
+        while self.sending:
+            if not heap:
+                await asyncio.sleep(0.005)
+                continue
+            wait = heap[0][0] - now_fn()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 0.05))
+                continue
+            for _ in range(500):  # then yield, so that readers are not starved
+                if not heap or heap[0][0] > now_fn():
+                    break
+                t_int, cid = heapq.heappop(heap)
+                vc = vconns[cid]
+                if not vc.up:
+                    continue  # dropped; a reconnect schedules it again
+                name = self.pick()
+                payload = {"t": t_int, "p": self.pad}
+                if name == "chat" and self.spec.chat_to == "room":
+                    payload["room"] = vc.room
+                await self.send(vc, name, payload, t_int)
+                heapq.heappush(heap, (t_int + self.gap(), cid))
+            await asyncio.sleep(0)
+
+    async def sweeper(self) -> None:
+        timeout = self.spec.ack_timeout_s
+        while True:
+            await asyncio.sleep(0.25)
+            now = self.writer.now()
+            for vc in self.vconns.values():
+                if not vc.pending:
+                    continue
+                late = [(a, e) for a, e in vc.pending.items() if now - e[0] > timeout]
+                for ack_id, (_t_int, name) in late:
+                    del vc.pending[ack_id]
+                    self.writer.row("timeout", now, conn=vc.id, name=name)
+                    self.counts["err"] += 1
+            self.writer.maybe_flush()
+
+    async def sampler(self) -> None:
+        last = {**self.counts}
+        last_t = time.monotonic()
+        while True:
+            await asyncio.sleep(1.0)
+            now, mono = self.writer.now(), time.monotonic()
+            cpu = os.times()
+            self.writer.row("sample", now, conn=self.wid, name="gen_cpu_seconds", value=cpu.user + cpu.system)
+            if self.progress is not None:
+                span = mono - last_t
+                lat = np.asarray(self.window_lat)
+                self.progress(
+                    {
+                        "worker": self.wid,
+                        "t": now,
+                        "connections": sum(v.up for v in self.vconns.values()),
+                        "target": len(self.vconns),
+                        **{f"{k}_per_s": (self.counts[k] - last[k]) / span for k in ("send", "ack", "push")},
+                        "errors": self.counts["err"],
+                        "p95_ms": float(np.percentile(lat, 95)) * 1000 if lat.size else float("nan"),
+                        "cpu_s": cpu.user + cpu.system,
+                    }
+                )
+                last, last_t = {**self.counts}, mono
+                self.window_lat = []
+
+    async def churn(self) -> None:
+        rate = self.spec.churn_per_s / self.spec.workers
+        while rate > 0:
+            await asyncio.sleep(self.rng.expovariate(rate))
+            up = [v for v in self.vconns.values() if v.up]
+            if not up:
+                continue
+            vc = self.rng.choice(up)
+            vc.planned_close = True
+            await vc.conn.close()
+            self.spawn_open(vc, self.writer.now())
+
+    def spawn_open(self, vc: VConn, t_int: float) -> None:
+        task = asyncio.get_running_loop().create_task(self.open(vc, t_int))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
+
+    # -- the run -----------------------------------------------------------------------------
+    async def drive(self) -> None:
+        spec, w = self.spec, self.writer
+        order = sorted(self.vconns)
+        opened = 0
+        per_worker_rate = spec.connect_rate / spec.workers
+        for start, hold, target in spec.schedule():
+            await self.sleep_until(start)
+            if self.wid == 0:
+                w.row("sample", start, name="step", value=float(target))
+            mine = [c for c in order if c < target][opened:]
+            for i, cid in enumerate(mine):
+                t_int = start + i / per_worker_rate
+                await self.sleep_until(t_int)
+                self.spawn_open(self.vconns[cid], t_int)
+            opened += len(mine)
+            await self.sleep_until(hold)
+            if self.wid == 0:
+                w.row("sample", hold, name="hold", value=float(target))
+        await self.sleep_until(spec.duration_s)
+
+    async def sleep_until(self, t: float) -> None:
+        wait = t - self.writer.now()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def run(self) -> dict:
+        raise_fd_limit()
+        spec, w = self.spec, self.writer
+        self.sessions = [
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(addr, 0)))
+            for addr in spec.source_addrs
+        ]
+        stop_scrape = asyncio.Event()
+        helpers = [asyncio.create_task(c) for c in (self.sweeper(), self.sampler(), self.churn())]
+        scraper = None
+        if self.wid == 0 and spec.scrape:
+            scraper = Scraper(spec.scrape, w, spec.scrape_interval_s)
+            scrape_task = asyncio.create_task(scraper.run(stop_scrape))
+        self.sending = True
+        sender = asyncio.create_task(self.sender())
+        try:
+            await asyncio.wait_for(self.drive(), spec.max_duration_s)
+        finally:
+            self.sending = False
+            await sender
+            if self.wid == 0:
+                w.row("sample", spec.duration_s, name="end", value=0.0)
+            deadline = w.now() + spec.ack_timeout_s + 0.5
+            while any(v.pending for v in self.vconns.values()) and w.now() < deadline:
+                await asyncio.sleep(0.1)
+            for task in list(self.connecting):
+                task.cancel()
+            await asyncio.gather(*self.connecting, return_exceptions=True)
+            for task in helpers:
+                task.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            for vc in self.vconns.values():
+                if vc.conn is not None and vc.up:
+                    vc.planned_close = True
+                    await vc.conn.close()
+            if scraper is not None:
+                stop_scrape.set()
+                await scrape_task
+            for s in self.sessions:
+                await s.close()
+            cpu = os.times()
+            w.row("sample", w.now(), conn=self.wid, name="gen_cpu_seconds", value=cpu.user + cpu.system)
+            w.close()
+        return {"worker": self.wid, "rows": w.rows, **self.counts}
