@@ -48,11 +48,19 @@ class Connection:
         url: str,
         auth: dict | None,
         timeout: float = 10.0,
+        on_event: OnEvent | None = None,
+        on_ack: OnAck | None = None,
+        on_close: OnClose | None = None,
     ) -> Connection:
-        """Websocket, Engine.IO handshake, namespace connect with ``auth``; raises on refusal."""
+        """Websocket, Engine.IO handshake, namespace connect with ``auth``; raises on refusal.
+
+        Pass the callbacks here: the server may push room events before its CONNECT reply.
+        """
         ws_url = url.rstrip("/").replace("http://", "ws://", 1) + "/socket.io/?EIO=4&transport=websocket"
         ws = await session.ws_connect(ws_url, autoping=False, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(timeout))
         conn = cls(ws)
+        conn.on_event = on_event or conn.on_event
+        conn.on_ack = on_ack or conn.on_ack
         try:
             first = await asyncio.wait_for(ws.receive(), timeout)
             if first.type != aiohttp.WSMsgType.TEXT or not first.data.startswith(p.EIO_OPEN):
@@ -64,6 +72,7 @@ class Connection:
         except BaseException:
             await conn.close()
             raise
+        conn.on_close = on_close or conn.on_close
         return conn
 
     def emit(self, name: str, args: list, ack: bool = True) -> tuple[int | None, asyncio.Future | None]:

@@ -31,6 +31,7 @@ class LoadSpec(BaseModel):
     churn_per_s: float = Field(0.0, ge=0, description="planned disconnect+reconnects per second")
     ack_timeout_s: float = Field(5.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    drain_s: float = Field(0.5, ge=0, description="after the last ack, wait this long for pushes in flight")
     workers: int = Field(1, ge=1, le=16)
     source_addrs: list[str] = Field(default_factory=lambda: ["127.0.0.1"])
     scrape: list[str] = Field(default_factory=list, description="node URLs whose /socket-metrics is scraped")
@@ -62,9 +63,11 @@ class LoadSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _rooms(self):
+    def _consistent(self):
         if self.chat_to == "room" and self.rooms_per_connection == 0:
             raise ValueError("chat_to 'room' needs rooms_per_connection >= 1")
+        if self.duration_s > self.max_duration_s:
+            raise ValueError(f"the steps take {self.duration_s:.0f} s, over max_duration_s={self.max_duration_s:.0f}")
         return self
 
     @property

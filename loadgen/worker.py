@@ -85,6 +85,7 @@ class Worker:
         self.window_lat: list[float] = []
         self.counts = {"send": 0, "ack": 0, "push": 0, "err": 0}
         self.sessions: list[aiohttp.ClientSession] = []
+        self.bugs = 0
 
     # -- schedule ---------------------------------------------------------------------------
     def gap(self) -> float:
@@ -111,7 +112,13 @@ class Worker:
         vc.planned_close = False
         try:
             conn = await Connection.open(
-                self.sessions[vc.addr], self.spec.url, {"token": vc.token}, timeout=self.spec.connect_timeout_s
+                self.sessions[vc.addr],
+                self.spec.url,
+                {"token": vc.token},
+                timeout=self.spec.connect_timeout_s,
+                on_event=lambda name, args: self.on_event(vc, name, args),
+                on_ack=lambda ack_id, args: self.on_ack(vc, ack_id, args),
+                on_close=lambda reason: self.on_close(vc, reason),
             )
         except ConnectRefused as exc:
             w.row("connect_fail", w.now(), conn=vc.id, name=f"refused: {exc}"[:120])
@@ -121,12 +128,14 @@ class Worker:
             w.row("connect_fail", w.now(), conn=vc.id, name=type(exc).__name__)
             self.counts["err"] += 1
             return
+        except Exception as exc:  # a generator bug must show in the log, not vanish in a task
+            w.row("connect_fail", w.now(), conn=vc.id, name=f"generator_bug: {exc!r}"[:120])
+            self.counts["err"] += 1
+            self.bugs += 1
+            return
         now = w.now()
         w.row("connect_ok", now, conn=vc.id, latency_s=now - t_int)
         vc.conn, vc.up = conn, True
-        conn.on_ack = lambda ack_id, args: self.on_ack(vc, ack_id, args)
-        conn.on_event = lambda name, args: self.on_event(vc, name, args)
-        conn.on_close = lambda reason: self.on_close(vc, reason)
         for r in range(self.spec.rooms_per_connection):
             vc.room = f"room{(vc.id + r) % 8}"
             await self.send(vc, "join", vc.room, now)
@@ -318,6 +327,7 @@ class Worker:
             deadline = w.now() + spec.ack_timeout_s + 0.5
             while any(v.pending for v in self.vconns.values()) and w.now() < deadline:
                 await asyncio.sleep(0.1)
+            await asyncio.sleep(spec.drain_s)
             for task in list(self.connecting):
                 task.cancel()
             await asyncio.gather(*self.connecting, return_exceptions=True)
@@ -336,4 +346,4 @@ class Worker:
             cpu = os.times()
             w.row("sample", w.now(), conn=self.wid, name="gen_cpu_seconds", value=cpu.user + cpu.system)
             w.close()
-        return {"worker": self.wid, "rows": w.rows, **self.counts}
+        return {"worker": self.wid, "rows": w.rows, "generator_bugs": self.bugs, **self.counts}
