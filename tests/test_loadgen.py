@@ -135,7 +135,7 @@ def test_token_file_errors(tmp_path):
     f.write_text('{"company": 1, "user": 1, "token": "a"}\nplain-token\n')
     assert read_tokens(f) == ["a", "plain-token"]
     f.write_text('{"company": 1}\n')
-    with pytest.raises(ValueError, match="tokens.jsonl:1"):
+    with pytest.raises(ValueError, match=r"tokens\.jsonl:1"):
         read_tokens(f)
 
 
