@@ -22,9 +22,8 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import benchmark_row, read_run
     from loadgen import read_tokens, run_load
 
-    from .tables import format_row
-
     from .loadcli import spec_from_args
+    from .tables import format_row
 
     spec = spec_from_args(args)
     tokens = read_tokens(args.tokens)
@@ -66,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Capacity-planning lab for Socket.IO services. Runs go to runs/ by default.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
-               "  caplab serve --profile optimized --port 0 --db lab.db\n"
-               "  MAX_CONNECTIONS=1000 EVENTS_PER_SECOND=500 TEST_DURATION=30000 \\\n"
-               "    SOCKET_URL=http://127.0.0.1:PORT caplab load --tokens users.jsonl\n"
-               "  caplab runs",
+        "  caplab serve --profile optimized --port 0 --db lab.db\n"
+        "  MAX_CONNECTIONS=1000 EVENTS_PER_SECOND=500 TEST_DURATION=30000 \\\n"
+        "    SOCKET_URL=http://127.0.0.1:PORT caplab load --tokens users.jsonl\n"
+        "  caplab runs",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("serve", help="run one server node (same flags as python -m server)", add_help=False)

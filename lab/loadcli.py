@@ -74,7 +74,7 @@ def _pairs(text: str, what: str) -> dict[str, float]:
 def _steps(text: str) -> list[dict]:
     steps = []
     for part in filter(None, (x.strip() for x in text.split(","))):
-        conns, sep, hold = part.partition(":")
+        conns, _sep, hold = part.partition(":")
         try:
             steps.append({"connections": int(conns), "hold_s": float(hold)})
         except ValueError:
@@ -95,12 +95,20 @@ def spec_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         duration = args.duration if args.duration is not None else e.get("duration_ms", 30_000) / 1000.0
         steps = [{"connections": conns, "hold_s": duration}]
     fields = {
-        "url": url, "steps": steps,
-        "events_per_second": args.events_per_second if args.events_per_second is not None
+        "url": url,
+        "steps": steps,
+        "events_per_second": args.events_per_second
+        if args.events_per_second is not None
         else e.get("events_per_second", 100.0),
-        "connect_rate": args.connect_rate, "mix": _pairs(args.mix, "--mix"), "arrival": args.arrival,
-        "payload_bytes": args.payload_bytes, "rooms_per_connection": args.rooms, "chat_to": args.chat_to,
-        "churn_per_s": args.churn, "ack_timeout_s": args.ack_timeout, "workers": args.workers,
+        "connect_rate": args.connect_rate,
+        "mix": _pairs(args.mix, "--mix"),
+        "arrival": args.arrival,
+        "payload_bytes": args.payload_bytes,
+        "rooms_per_connection": args.rooms,
+        "chat_to": args.chat_to,
+        "churn_per_s": args.churn,
+        "ack_timeout_s": args.ack_timeout,
+        "workers": args.workers,
         "source_addrs": [a.strip() for a in args.source_addrs.split(",") if a.strip()],
         "scrape": [] if args.no_scrape else [u.strip() for u in (args.scrape or url).split(",") if u.strip()],
         "seed": args.seed,

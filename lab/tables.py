@@ -7,12 +7,19 @@ import math
 import pandas as pd
 
 ROW_FIELDS = (
-    ("connections", "connections", "{:.0f}"), ("max_stable_connections", "max stable", "{:.0f}"),
-    ("p50_ms", "p50 ms", "{:.1f}"), ("p95_ms", "p95 ms", "{:.1f}"), ("p99_ms", "p99 ms", "{:.1f}"),
-    ("throughput_eps", "acked/s", "{:.0f}"), ("deliveries_per_s", "pushed/s", "{:.0f}"),
-    ("error_rate_pct", "errors %", "{:.3f}"), ("peak_memory_mb", "peak MB", "{:.0f}"),
-    ("mean_cpu_pct", "cpu %", "{:.0f}"), ("loop_lag_max_ms", "lag ms", "{:.1f}"),
-    ("gen_cpu_pct", "gen cpu %", "{:.0f}"), ("send_lag_p99_ms", "send lag p99 ms", "{:.2f}"),
+    ("connections", "connections", "{:.0f}"),
+    ("max_stable_connections", "max stable", "{:.0f}"),
+    ("p50_ms", "p50 ms", "{:.1f}"),
+    ("p95_ms", "p95 ms", "{:.1f}"),
+    ("p99_ms", "p99 ms", "{:.1f}"),
+    ("throughput_eps", "acked/s", "{:.0f}"),
+    ("deliveries_per_s", "pushed/s", "{:.0f}"),
+    ("error_rate_pct", "errors %", "{:.3f}"),
+    ("peak_memory_mb", "peak MB", "{:.0f}"),
+    ("mean_cpu_pct", "cpu %", "{:.0f}"),
+    ("loop_lag_max_ms", "lag ms", "{:.1f}"),
+    ("gen_cpu_pct", "gen cpu %", "{:.0f}"),
+    ("send_lag_p99_ms", "send lag p99 ms", "{:.2f}"),
 )
 
 

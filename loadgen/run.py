@@ -67,17 +67,39 @@ class ProgressLine:
         )
 
 
+def run_fast(coro):
+    """Run the generator on uvloop with the collector tuned: its pauses would show up as send lag.
+
+    Objects alive at start-up are frozen out of the collector's scans and gen-0 runs 70x less
+    often; the generator allocates few reference cycles, so this costs little memory.
+    """
+    import gc
+
+    import uvloop
+
+    gc.collect()
+    gc.freeze()
+    old = gc.get_threshold()
+    gc.set_threshold(50_000, 50, 100)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
 def _worker_entry(spec_json: str, run_dir: str, t0: float, wid: int, tokens: list[str], queue) -> None:
     spec = LoadSpec.model_validate_json(spec_json)
     worker = Worker(spec, run_dir, t0, wid, tokens, progress=queue.put)
-    queue.put({"done": wid, "summary": asyncio.run(worker.run())})
+    queue.put({"done": wid, "summary": run_fast(worker.run())})
 
 
 def run_workers(spec: LoadSpec, run_dir: Path, t0: float, tokens: list[str], quiet: bool = False) -> list[dict]:
     """Run every worker to the end; returns their summaries."""
     progress = ProgressLine(spec.workers) if not quiet else (lambda p: None)
     if spec.workers == 1:
-        return [asyncio.run(Worker(spec, run_dir, t0, 0, tokens, progress=progress).run())]
+        return [run_fast(Worker(spec, run_dir, t0, 0, tokens, progress=progress).run())]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [
@@ -115,10 +137,11 @@ def run_load(
     name: str = "load",
     manifest_fields: dict | None = None,
     quiet: bool = False,
+    scenario: dict | None = None,
 ) -> Path:
     """Create a run folder, run the load into it, and finish its manifest (complete or aborted)."""
     run_dir, manifest = create_run(
-        out, "measured", name, scenario={"load": spec.model_dump()}, **(manifest_fields or {})
+        out, "measured", name, scenario=scenario or {}, load=spec.model_dump(), **(manifest_fields or {})
     )
     t0 = manifest["clock"]["monotonic_t0"]
     try:

@@ -12,6 +12,9 @@ class Step(BaseModel):
 
     connections: int = Field(ge=1, description="target live connections in this step")
     hold_s: float = Field(gt=0, description="seconds the step holds after its ramp")
+    events_per_second: float | None = Field(
+        None, ge=0, description="total send rate in this step; default: the run's per-connection rate"
+    )
 
 
 class LoadSpec(BaseModel):
@@ -20,6 +23,7 @@ class LoadSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(description="server base URL, http://127.0.0.1:PORT")
+    nodes: list[str] = Field(default_factory=list, description="several nodes: connection i goes to nodes[i % n]")
     steps: list[Step] = Field(min_length=1)
     connect_rate: float = Field(200.0, gt=0, description="new connections per second (all workers)")
     events_per_second: float = Field(100.0, ge=0, description="total send rate at the last step's connections")
@@ -39,7 +43,7 @@ class LoadSpec(BaseModel):
     seed: int = 1
     max_duration_s: float = Field(3600.0, gt=0, description="hard stop for the whole run")
 
-    @field_validator("url", "scrape")
+    @field_validator("url", "scrape", "nodes")
     @classmethod
     def _loopback_only(cls, value):
         for url in [value] if isinstance(value, str) else value:
@@ -76,7 +80,14 @@ class LoadSpec(BaseModel):
 
     @property
     def rate_per_connection(self) -> float:
+        """Default per-connection rate: the run's events_per_second at the last step's connections."""
         return self.events_per_second / self.steps[-1].connections
+
+    def step_rate(self, step: Step) -> float:
+        """Per-connection send rate during ``step``."""
+        if step.events_per_second is not None:
+            return step.events_per_second / step.connections
+        return self.rate_per_connection
 
     def schedule(self) -> list[tuple[float, float, int]]:
         """(step start, hold start, target) in run seconds; ramps run at ``connect_rate``."""

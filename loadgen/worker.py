@@ -113,7 +113,7 @@ class Worker:
         try:
             conn = await Connection.open(
                 self.sessions[vc.addr],
-                self.spec.url,
+                self.url_of(vc),
                 {"token": vc.token},
                 timeout=self.spec.connect_timeout_s,
                 on_event=lambda name, args: self.on_event(vc, name, args),
@@ -140,6 +140,10 @@ class Worker:
             vc.room = f"room{(vc.id + r) % 8}"
             await self.send(vc, "join", vc.room, now)
         heapq.heappush(self.heap, (self.first_send(now), vc.id))
+
+    def url_of(self, vc: VConn) -> str:
+        nodes = self.spec.nodes
+        return nodes[vc.id % len(nodes)] if nodes else self.spec.url
 
     def on_close(self, vc: VConn, reason: str) -> None:
         vc.up = False
@@ -282,10 +286,12 @@ class Worker:
         order = sorted(self.vconns)
         opened = 0
         per_worker_rate = spec.connect_rate / spec.workers
-        for start, hold, target in spec.schedule():
+        for (start, hold, target), step in zip(spec.schedule(), spec.steps, strict=True):
             await self.sleep_until(start)
+            self.rate = spec.step_rate(step)
             if self.wid == 0:
                 w.row("sample", start, name="step", value=float(target))
+                w.row("sample", start, name="step_eps", value=self.rate * target)
             mine = [c for c in order if c < target][opened:]
             for i, cid in enumerate(mine):
                 t_int = start + i / per_worker_rate
@@ -334,10 +340,12 @@ class Worker:
             for task in helpers:
                 task.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            closing = []
             for vc in self.vconns.values():
                 if vc.conn is not None and vc.up:
                     vc.planned_close = True
-                    await vc.conn.close()
+                    closing.append(vc.conn.close())
+            await asyncio.gather(*closing, return_exceptions=True)  # at once: an overloaded server is slow
             if scraper is not None:
                 stop_scrape.set()
                 await scrape_task

@@ -1,0 +1,11 @@
+"""SimPy model of the server, its calibration from event logs, validation, and scalability fits.
+
+Never imports ``server`` or ``loadgen``: it learns the server only through event logs.
+"""
+
+from .calibration import Calibration, GcModel
+from .run import confidence, replicate, simulate
+from .sim import Simulation
+from .workload import StepW, Workload
+
+__all__ = ["Calibration", "GcModel", "Simulation", "StepW", "Workload", "confidence", "replicate", "simulate"]

@@ -147,11 +147,13 @@ def build_settings(
     for name, value in (overrides or {}).items():
         value = _coerce(value) if isinstance(value, str) else value
         if name in Toggles.model_fields:
+            if not isinstance(value, bool):
+                raise SettingsError(f"toggle {name}={value!r}: expected on/off (true/false)")
             toggles[name] = value
         elif name in Settings.model_fields and name not in ("toggles", "profile"):
             fields[name] = value
         else:
-            known = sorted([*Toggles.model_fields, *Settings.model_fields])
+            known = sorted({*Toggles.model_fields, *Settings.model_fields} - {"toggles", "profile"})
             raise SettingsError(f"unknown setting {name!r}; known: {', '.join(known)}")
     try:
         return Settings(toggles=Toggles(**toggles), **fields)

@@ -133,7 +133,7 @@ def test_compare_and_claims():
         "peak_memory_mb": 800.0,
         "mean_cpu_pct": 75.0,
         "error_rate_pct": 5.0,
-        "throughput_eps": 50.0,
+        "max_stable_throughput_eps": 50.0,
     }
     after = {
         "max_stable_connections": 2000,
@@ -141,7 +141,7 @@ def test_compare_and_claims():
         "peak_memory_mb": 300.0,
         "mean_cpu_pct": float("nan"),
         "error_rate_pct": 0.05,
-        "throughput_eps": 1500.0,
+        "max_stable_throughput_eps": 1500.0,
         "max_stable_is_lower_bound": False,
     }
     table = compare(before, after).set_index("key")
@@ -154,7 +154,7 @@ def test_compare_and_claims():
         "peak_memory_mb": "held",
         "mean_cpu_pct": "not measurable here",
         "error_rate_pct": "held",
-        "throughput_eps": "held",
+        "max_stable_throughput_eps": "held",
     }
     capped = check_claims(
         before, {**after, "max_stable_connections": 1000, "max_stable_is_lower_bound": True}, tested_connections=1000

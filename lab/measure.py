@@ -1,0 +1,107 @@
+"""Measure one server variant under a workload: fresh database, seeded users, nodes, load, log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from eventlog import update_manifest
+from loadgen import LoadSpec, run_load
+from server.settings import build_settings
+
+from .scenario import Scenario, ServerSpec, WorkloadSpec
+from .servers import ServerProcess, create_users
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+CONNECTIONS_PER_SOURCE_ADDR = 200
+
+
+def source_addrs(connections: int) -> list[str]:
+    """Loopback source addresses so that no address carries more than 200 connections: real clients
+    come from many IPs, and the optimized profile limits connections per IP."""
+    k = max(1, -(-connections // CONNECTIONS_PER_SOURCE_ADDR))
+    return [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(k)]
+
+
+def load_spec(workload: WorkloadSpec, urls: list[str], seed: int = 1) -> LoadSpec:
+    return LoadSpec(
+        source_addrs=source_addrs(workload.max_connections),
+        url=urls[0],
+        nodes=urls if len(urls) > 1 else [],
+        steps=[s.model_dump() for s in workload.steps],
+        events_per_second=workload.events_per_second,
+        mix=workload.mix,
+        arrival=workload.arrival,
+        connect_rate=workload.connect_rate,
+        payload_bytes=workload.payload_bytes,
+        rooms_per_connection=workload.rooms_per_connection,
+        chat_to=workload.chat_to,
+        churn_per_s=workload.churn_per_s,
+        ack_timeout_s=workload.ack_timeout_s,
+        workers=workload.workers,
+        scrape=urls,
+        scrape_interval_s=1.0,
+        seed=seed,
+    )
+
+
+def measure(
+    server: ServerSpec, workload: WorkloadSpec, out: Path | str, scenario: Scenario | None = None, quiet: bool = False
+) -> Path:
+    """One measured run of ``server`` under ``workload``; returns the run folder."""
+    work = Path(tempfile.mkdtemp(prefix=f"caplab-{server.label}-"))
+    try:
+        db = work / "lab.db"
+        users = create_users(db, workload.companies, workload.users_per_company)
+        sets: dict[str, object] = {"metrics_interval_ms": 1000, **server.set}
+        env: dict[str, str] = {}
+        if server.nodes > 1:
+            env["REDIS_URL"] = REDIS_URL
+            sets["redis_channel"] = f"caplab-{uuid.uuid4().hex[:12]}"
+        settings = build_settings(server.profile, sets, env=env)
+        nodes = [
+            ServerProcess(server.profile, db, sets, env, node=i, log_path=work / f"server-{i}.log")
+            for i in range(server.nodes)
+        ]
+        try:
+            urls = [n.start().url for n in nodes]
+            spec = load_spec(workload, urls)
+            name = f"{scenario.name}-{server.label}" if scenario else server.label
+            run_dir = run_load(
+                spec,
+                out,
+                [u["token"] for u in users],
+                name=name,
+                quiet=quiet,
+                scenario=scenario.model_dump() if scenario else None,
+                manifest_fields={
+                    "profile": server.profile,
+                    "label": server.label,
+                    "nodes": server.nodes,
+                    "server": {
+                        "set": server.set,
+                        "toggles": settings.toggles.model_dump(),
+                        "settings": settings.public(),
+                    },
+                    "slo": scenario.slo.model_dump() if scenario else None,
+                },
+            )
+        finally:
+            codes = [n.stop() for n in nodes]
+        for i, _ in enumerate(nodes):
+            log = work / f"server-{i}.log"
+            if log.exists() and log.stat().st_size:
+                shutil.copy(log, run_dir / f"server-{i}.log")
+        update_manifest(
+            run_dir,
+            server_exit_codes=codes,
+            users={"companies": workload.companies, "per_company": workload.users_per_company},
+        )
+        return run_dir
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

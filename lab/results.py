@@ -1,0 +1,105 @@
+"""Turn runs into the lab's tables (benchmark rows, steps, before/after, claims) and write them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from eventlog import SLO, benchmark_row, check_claims, compare, read_run, step_table
+from eventlog.checks import self_checks
+
+from .tables import markdown
+
+
+def slo_of(manifest: dict) -> SLO:
+    s = manifest.get("slo") or {}
+    return SLO(p95_s=s.get("p95_ms", 120.0) / 1000.0, error_rate=s.get("error_rate_pct", 0.1) / 100.0)
+
+
+def summarize(run_dirs: list[Path]) -> dict:
+    """Benchmark row, step table and self-checks of each run, keyed by its label."""
+    out = {}
+    for d in run_dirs:
+        run = read_run(d)
+        slo = slo_of(run.manifest)
+        label = run.manifest.get("label") or run.manifest["run_id"]
+        out[label] = {
+            "run_id": run.run_id,
+            "manifest": run.manifest,
+            "row": benchmark_row(run.events, run.manifest, slo),
+            "steps": step_table(run.events, slo),
+            "checks": self_checks(run.events, run.manifest) if run.manifest["source"] == "measured" else [],
+        }
+    return out
+
+
+def before_after(summary: dict, before: str, after: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    b, a = summary[before]["row"], summary[after]["row"]
+    tested = int(summary[after]["steps"]["target"].max()) if len(summary[after]["steps"]) else None
+    return compare(b, a), check_claims(b, a, tested_connections=tested)
+
+
+def write_tables(summary: dict, out_dir: Path, before: str | None = None) -> dict[str, Path]:
+    """rows.csv, steps.csv, checks.json, and for every other label vs ``before``: table and claims files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(summary)
+    files = {}
+    rows = pd.DataFrame([{"label": k, **v["row"]} for k, v in summary.items()])
+    rows.to_csv(out_dir / "rows.csv", index=False)
+    files["rows"] = out_dir / "rows.csv"
+    steps = pd.concat([v["steps"].assign(label=k, run_id=v["run_id"]) for k, v in summary.items()], ignore_index=True)
+    steps.to_csv(out_dir / "steps.csv", index=False)
+    files["steps"] = out_dir / "steps.csv"
+    (out_dir / "checks.json").write_text(json.dumps({k: v["checks"] for k, v in summary.items()}, indent=2))
+    before = before or labels[0]
+    md = []
+    for label in labels:
+        if label == before:
+            continue
+        table, claims = before_after(summary, before, label)
+        stem = f"{before}-vs-{label}"
+        table.to_csv(out_dir / f"{stem}.csv", index=False)
+        claims.to_csv(out_dir / f"claims-{stem}.csv", index=False)
+        md += [
+            f"## {before} vs {label}",
+            "",
+            f"runs: {summary[before]['run_id']} -> {summary[label]['run_id']}",
+            "",
+            markdown(table.drop(columns=["key"]), "{:.4g}"),
+            "",
+            "### Seed claims",
+            "",
+            markdown(
+                claims[["claim", "measured_before", "measured_after", "measured_improvement_pct", "verdict", "why"]],
+                "{:.4g}",
+            ),
+            "",
+        ]
+        files[stem] = out_dir / f"{stem}.csv"
+    md += [
+        "## Steps",
+        "",
+        markdown(
+            steps[
+                [
+                    "label",
+                    "target",
+                    "reached",
+                    "sends_per_s",
+                    "throughput_eps",
+                    "p50_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "error_rate",
+                    "held",
+                ]
+            ],
+            "{:.4g}",
+        ),
+        "",
+    ]
+    (out_dir / "tables.md").write_text("\n".join(md))
+    files["markdown"] = out_dir / "tables.md"
+    return files

@@ -1,0 +1,50 @@
+"""``caplab run SCENARIO``: the one-way flow scenario -> runs -> tables -> report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .measure import measure
+from .results import summarize, write_tables
+from .scenario import Scenario
+
+
+def log(msg: str) -> None:
+    print(f"[caplab] {msg}", file=sys.stderr, flush=True)
+
+
+def run_scenario(
+    sc: Scenario, runs_root: Path = Path("runs"), reports_root: Path = Path("reports"), quiet: bool = False
+) -> Path:
+    """Run every part of the scenario; returns the scenario's output folder under ``reports_root``."""
+    out_dir = reports_root / sc.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"scenario": sc.name, "started_at": datetime.now(UTC).isoformat(), "measured": [], "simulated": []}
+    measured: list[Path] = []
+    if sc.kind in ("measure", "compare"):
+        for server in sc.servers:
+            log(f"measuring {server.label} ({server.profile}, {server.nodes} node(s)) ...")
+            run_dir = measure(server, sc.workload, runs_root, sc, quiet=quiet)
+            log(f"  -> {run_dir}")
+            measured.append(run_dir)
+        record["measured"] = [str(p) for p in measured]
+    if sc.kind in ("simulate", "compare", "sweep"):
+        from .simulation import simulate_scenario
+
+        record.update(simulate_scenario(sc, measured, runs_root, out_dir))
+    if measured:
+        summary = summarize(measured)
+        write_tables(summary, out_dir)
+        for label, s in summary.items():
+            for c in s["checks"]:
+                log(f"  check {label}: {'ok ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
+    (out_dir / "runs.json").write_text(json.dumps(record, indent=2))
+    if sc.report:
+        from .report import build_report
+
+        pdf = build_report(out_dir)
+        log(f"report: {pdf}")
+    return out_dir

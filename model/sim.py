@@ -1,0 +1,457 @@
+"""Discrete-event model of the server's event loop(s), driven by SimPy.
+
+SimPy owns time: processes for the load steps (connection ramps, markers), the flush/slice ticker,
+the per-second sampler and churn. Inside each slice of length ``dt`` (the batching window, or
+0.1 s), every node's event loop is an exact FIFO single server over all jobs that arrive in the
+slice (events, connects, pings, GC pauses, batch flushes, Redis fan-outs), computed with the
+vectorized Lindley recursion ``done_n = S_n + max(free, max_{k<=n}(t_k - S_{k-1}))``, so an event
+costs a few numpy operations instead of a SimPy process. Random variates come in blocks from
+separate streams per purpose (common random numbers across compared scenarios).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from eventlog.schema import KIND_INDEX
+
+from .calibration import Calibration
+from .workload import Workload
+
+NAMES = [
+    "",
+    "echo",
+    "chat",
+    "join",
+    "step",
+    "step_eps",
+    "hold",
+    "end",
+    "cpu_seconds",
+    "rss_bytes",
+    "connections",
+    "events_in",
+    "events_out",
+    "packets_out",
+    "loop_lag_max_s",
+    "dropped: ping timeout",
+    "refused: server connection limit reached",
+    "refused: company connection limit reached",
+    "client close",
+    "gc_pause_gen0",
+    "connects",
+    "gc_collections",
+]
+NAME = {n: i for i, n in enumerate(NAMES)}
+K = KIND_INDEX
+EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE = range(7)
+
+
+class Rows:
+    """Column chunks, concatenated once at the end."""
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple] = []
+
+    DTYPES = (np.float64, np.int8, np.int32, np.int16, np.int32, np.float64, np.int32, np.float64)
+
+    def add(self, kind, t, conn=-1, node=-1, name=0, latency=np.nan, nbytes=0, value=np.nan) -> None:
+        """Scalars are broadcast to the length of the array arguments (cheaply, at the end)."""
+        cols = (t, kind, conn, node, name, latency, nbytes, value)
+        n = 1
+        for x in cols:
+            if isinstance(x, np.ndarray) and x.ndim:
+                n = x.size
+                break
+        if n:
+            self.chunks.append((n, cols))
+
+    def columns(self) -> list[np.ndarray]:
+        out = []
+        for i, dtype in enumerate(self.DTYPES):
+            parts = [np.broadcast_to(np.asarray(c[i], dtype), (n,)) for n, c in self.chunks]
+            out.append(np.concatenate(parts) if parts else np.empty(0, dtype))
+        return out
+
+
+@dataclass
+class NodeState:
+    free_at: float = 0.0
+    work: float = 0.0  # service of every job handed to this loop so far
+    lag_max: float = 0.0
+    pending: dict[int, list[np.ndarray]] = field(default_factory=dict)  # company -> enqueued chat send times
+    closed: int = 0
+
+
+class Simulation:
+    """One replication. ``run()`` returns the event-log columns."""
+
+    def __init__(self, cal: Calibration, wl: Workload, seed: int = 1, nodes: int = 1) -> None:
+        self.cal, self.wl, self.seed, self.n_nodes = cal, wl, seed, nodes
+        ss = np.random.SeedSequence(seed)
+        (self.r_arr, self.r_svc, self.r_gc, self.r_mix, self.r_conn, self.r_churn) = [
+            np.random.default_rng(s) for s in ss.spawn(6)
+        ]
+        self.env = simpy.Environment()
+        self.dt = cal.flush_interval_s if cal.batching else 0.25
+        n = wl.max_connections + 1
+        self.live = np.zeros(n, bool)
+        self.ever = np.zeros(n, bool)
+        self.company = np.array([wl.company_of(i) for i in range(n)], np.int32)
+        self.node_of = np.arange(n) % nodes
+        self.phase = self.r_arr.random(n)  # for fixed-rate arrivals
+        self.nodes = [NodeState() for _ in range(nodes)]
+        self.rows = Rows()
+        self.rate = 0.0
+        self.connects: list[tuple[float, int]] = []
+        self.events_in = 0
+        self.events_out = 0
+        self.packets_out = 0
+        self.connects_ok = 0
+        self.gc_count = 0
+        self.done = False
+        mix = {k: v for k, v in wl.mix.items() if v > 0}
+        total = sum(mix.values())
+        self.p_chat = mix.get("chat", 0.0) / total
+        self.gc_dist = None
+        if cal.gc.collections_per_event > 0:
+            from scipy import stats
+
+            self.gc_dist = getattr(stats, cal.gc.dist)(*cal.gc.params)
+
+    # -- random variates ---------------------------------------------------------------------
+    def service(self, mean: np.ndarray | float, n: int) -> np.ndarray:
+        mean = np.broadcast_to(np.asarray(mean, float), (n,))
+        cv = self.cal.service_cv
+        if cv < 1e-6 or n == 0:  # deterministic (and no overflow in 1 / cv**2)
+            return mean.copy()
+        shape = 1.0 / (cv * cv)
+        return self.r_svc.gamma(shape, 1.0, n) * (mean / shape)
+
+    # -- SimPy processes ---------------------------------------------------------------------
+    def steps_proc(self):
+        env, wl, rows = self.env, self.wl, self.rows
+        opened = 0
+        for i, (start, hold, target) in enumerate(wl.schedule()):
+            yield env.timeout(max(0.0, start - env.now))
+            self.rate = wl.step_rate(i)
+            rows.add(K["sample"], start, name=NAME["step"], value=target)
+            rows.add(K["sample"], start, name=NAME["step_eps"], value=self.rate * target)
+            new = np.arange(opened, max(opened, target))
+            self.connects.extend(zip(start + np.arange(new.size) / wl.connect_rate, new.tolist(), strict=True))
+            opened = max(opened, target)
+            yield env.timeout(max(0.0, hold - env.now))
+            rows.add(K["sample"], hold, name=NAME["hold"], value=target)
+        yield env.timeout(max(0.0, wl.duration_s - env.now))
+        rows.add(K["sample"], wl.duration_s, name=NAME["end"], value=0.0)
+        self.done = True
+
+    def ticker(self):
+        while not self.done:
+            t0 = self.env.now
+            yield self.env.timeout(self.dt)
+            self.slice(t0, self.env.now)
+
+    def sampler(self):
+        cal, rows = self.cal, self.rows
+        while not self.done:
+            yield self.env.timeout(1.0)
+            t = self.env.now
+            for n, st in enumerate(self.nodes):
+                live = int((self.live & (self.node_of == n)).sum())
+                cpu = cal.cpu_idle_s_per_s * t + st.work - max(0.0, st.free_at - t)
+                leak = 0.0 if self.cal.toggles.get("cleanup") else st.closed * cal.memory_leak_per_closed_bytes
+                rss = cal.memory_base_bytes + cal.memory_per_connection_bytes * live + leak
+                for name, value in (
+                    ("cpu_seconds", cpu),
+                    ("rss_bytes", rss),
+                    ("connections", live),
+                    ("events_in", self.events_in / self.n_nodes),
+                    ("events_out", self.events_out / self.n_nodes),
+                    ("packets_out", self.packets_out / self.n_nodes),
+                    ("connects", self.connects_ok / self.n_nodes),
+                    ("gc_collections", self.gc_count / self.n_nodes),
+                    ("loop_lag_max_s", st.lag_max),
+                ):
+                    rows.add(K["sample"], t, node=n, name=NAME[name], value=value)
+                st.lag_max = 0.0
+
+    def churn(self):
+        rate = self.wl.churn_per_s
+        while rate > 0 and not self.done:
+            yield self.env.timeout(self.r_churn.exponential(1.0 / rate))
+            ids = np.flatnonzero(self.live)
+            if ids.size:
+                cid = int(self.r_churn.choice(ids))
+                self.live[cid] = False
+                self.nodes[self.node_of[cid]].closed += 1
+                self.rows.add(K["disconnect"], self.env.now, conn=cid, name=NAME["client close"])
+                self.connects.append((self.env.now, cid))
+
+    # -- one slice of every node's event loop -------------------------------------------------
+    def arrivals(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.flatnonzero(self.live)
+        if ids.size == 0 or self.rate <= 0:
+            return np.empty(0), np.empty(0, np.int64)
+        if self.wl.arrival == "fixed":
+            period = 1.0 / self.rate
+            ph = self.phase[ids] * period
+            k0 = np.ceil((t0 - ph) / period)
+            times, conns = [], []
+            t = ph + k0 * period
+            while True:
+                m = t < t1
+                if not m.any():
+                    break
+                times.append(t[m])
+                conns.append(ids[m])
+                t = t + period
+            if not times:
+                return np.empty(0), np.empty(0, np.int64)
+            t, c = np.concatenate(times), np.concatenate(conns)
+            order = np.argsort(t, kind="stable")
+            return t[order], c[order]
+        n = self.r_arr.poisson(ids.size * self.rate * (t1 - t0))
+        return np.sort(self.r_arr.uniform(t0, t1, n)), self.r_conn.choice(ids, n)
+
+    def slice(self, t0: float, t1: float) -> None:
+        cal, _wl, rows = self.cal, self.wl, self.rows
+        base = cal.base_latency_s
+        # connection attempts due in this slice
+        due = [(t, c) for t, c in self.connects if t < t1]
+        self.connects = [(t, c) for t, c in self.connects if t >= t1]
+        ev_t, ev_c = self.arrivals(t0, t1)
+        n_ev = ev_t.size
+        self.events_in += n_ev
+        is_chat = self.r_mix.random(n_ev) < self.p_chat
+        np.bincount(self.company[self.live], minlength=self.company.max() + 1)
+        [[] for _ in self.nodes]
+        chat_done: dict[int, np.ndarray] = {}
+        for n, st in enumerate(self.nodes):
+            jobs_t, jobs_s, jobs_k, jobs_i = [], [], [], []
+            # events of connections on this node
+            mine = self.node_of[ev_c] == n if self.n_nodes > 1 else np.ones(n_ev, bool)
+            idx = np.flatnonzero(mine)
+            local_members = self.local_members(n)
+            room = self.company[ev_c[idx]]
+            recipients = np.where(is_chat[idx], local_members[room], 0)
+            mean = cal.cpu_per_event_s + recipients * cal.cpu_per_delivery_s
+            mean = mean + np.where(is_chat[idx] & (self.n_nodes > 1), cal.cpu_per_publish_s, 0.0)
+            jobs_t.append(ev_t[idx])
+            jobs_s.append(self.service(mean, idx.size))
+            jobs_k.append(np.where(is_chat[idx], EV_CHAT, EV_ECHO))
+            jobs_i.append(idx)
+            # connects
+            mine_c = [(t, c) for t, c in due if self.node_of[c] == n]
+            if mine_c:
+                ct = np.array([t for t, _ in mine_c])
+                jobs_t.append(ct)
+                jobs_s.append(self.service(cal.cpu_per_connect_s, ct.size))
+                jobs_k.append(np.full(ct.size, JOB_CONNECT))
+                jobs_i.append(np.array([c for _, c in mine_c]))
+            # pings from live connections
+            live_n = int((self.live & (self.node_of == n)).sum())
+            n_ping = self.r_arr.poisson(live_n / cal.heartbeat_s * (t1 - t0)) if live_n else 0
+            if n_ping:
+                jobs_t.append(self.r_arr.uniform(t0, t1, n_ping))
+                jobs_s.append(np.full(n_ping, cal.cpu_per_connection_s_per_s * cal.heartbeat_s))
+                jobs_k.append(np.full(n_ping, JOB_PING))
+                jobs_i.append(np.full(n_ping, -1))
+            # garbage-collector pauses, triggered by events
+            if self.gc_dist is not None and idx.size:
+                n_gc = self.r_gc.poisson(cal.gc.collections_per_event * idx.size)
+                if n_gc:
+                    gc_t = self.r_gc.choice(ev_t[idx], n_gc)
+                    pauses = np.clip(self.gc_dist.rvs(size=n_gc, random_state=self.r_gc), 0, None)
+                    self.gc_count += n_gc
+                    rows.add(K["sample"], gc_t, node=n, name=NAME["gc_pause_gen0"], value=pauses)
+                    jobs_t.append(gc_t)
+                    jobs_s.append(pauses)
+                    jobs_k.append(np.full(n_gc, JOB_GC))
+                    jobs_i.append(np.full(n_gc, -1))
+            # batch flush at the start of the slice
+            flush = self.flush_job(n, t0) if cal.batching else None
+            if flush is not None:
+                jobs_t.append(np.array([t0]))
+                jobs_s.append(np.array([flush[0]]))
+                jobs_k.append(np.array([JOB_FLUSH]))
+                jobs_i.append(np.array([-1]))
+            # Redis fan-outs published by other nodes in the previous pass
+            for t, svc, sent in st_remote_pop(self, n):
+                jobs_t.append(np.array([t]))
+                jobs_s.append(np.array([svc]))
+                jobs_k.append(np.array([JOB_REMOTE]))
+                jobs_i.append(np.array([-1]))
+                _ = sent
+            t_all = np.concatenate(jobs_t)
+            if t_all.size == 0:
+                st.lag_max = max(st.lag_max, max(0.0, st.free_at - t0))
+                continue
+            s_all, k_all, i_all = np.concatenate(jobs_s), np.concatenate(jobs_k), np.concatenate(jobs_i)
+            order = np.argsort(t_all, kind="stable")
+            t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
+            S = np.cumsum(s_all)
+            done = S + np.maximum(np.maximum.accumulate(t_all - (S - s_all)), st.free_at)
+            start = done - s_all
+            st.lag_max = max(st.lag_max, max(0.0, st.free_at - t0))
+            st.free_at = float(done[-1])
+            st.work += float(S[-1])
+            self.emit_events(n, t_all, start, done, k_all, i_all, ev_c, recipients_of=local_members)
+            self.emit_connects(n, t_all, done, k_all, i_all, base)
+            self.emit_pings(n, t_all, start, k_all)
+            if flush is not None:
+                self.emit_flush(n, flush, float(start[k_all == JOB_FLUSH][0]), base)
+            chat_mask = k_all == EV_CHAT
+            if self.n_nodes > 1 and chat_mask.any():
+                chat_done[n] = np.stack([done[chat_mask], t_all[chat_mask], self.company[ev_c[i_all[chat_mask]]]])
+        if self.n_nodes > 1:
+            self.publish(chat_done)
+
+    def local_members(self, n: int) -> np.ndarray:
+        mask = self.live if self.n_nodes == 1 else self.live & (self.node_of == n)
+        return np.bincount(self.company[mask], minlength=self.company.max() + 1)
+
+    def members(self, n: int, company: int) -> np.ndarray:
+        mask = self.live & (self.company == company)
+        if self.n_nodes > 1:
+            mask &= self.node_of == n
+        return np.flatnonzero(mask)
+
+    def emit_events(self, n, t_all, start, done, k_all, i_all, ev_c, recipients_of) -> None:
+        cal, rows, base, timeout = self.cal, self.rows, self.cal.base_latency_s, self.wl.ack_timeout_s
+        ev = (k_all == EV_ECHO) | (k_all == EV_CHAT)
+        if not ev.any():
+            return
+        t, d, s0, k, conn = t_all[ev], done[ev], start[ev], k_all[ev], ev_c[i_all[ev]]
+        names = np.where(k == EV_CHAT, NAME["chat"], NAME["echo"])
+        rows.add(K["send"], t, conn=conn, name=names, latency=0.0, nbytes=self.wl.payload_bytes)
+        lat = d + base - t
+        ok = lat <= timeout
+        rows.add(K["ack"], (d + base)[ok], conn=conn[ok], name=names[ok], latency=lat[ok], nbytes=self.wl.payload_bytes)
+        rows.add(K["timeout"], (t + timeout)[~ok], conn=conn[~ok], name=names[~ok])
+        # room deliveries made by the handler itself (no batching): spread over the fan-out
+        for j in np.flatnonzero(k == EV_CHAT):
+            company = self.company[conn[j]]
+            members = self.members(n, company)
+            self.events_out += members.size
+            if cal.batching:
+                self.nodes[n].pending.setdefault(company, []).append(np.array([t[j], d[j]]))
+                continue
+            self.packets_out += members.size
+            when = s0[j] + cal.cpu_per_event_s + (np.arange(members.size) + 1) * cal.cpu_per_delivery_s + base
+            rows.add(K["push"], when, conn=members, node=-1, name=NAME["chat"], latency=when - t[j])
+
+    def flush_job(self, n: int, t0: float):
+        pending = self.nodes[n].pending
+        if not pending:
+            return None
+        self.nodes[n].pending = {}
+        groups = []
+        for company, entries in pending.items():
+            members = self.members(n, company)
+            if members.size:
+                groups.append((members, np.array([e[0] for e in entries])))
+        cost = sum(m.size for m, _ in groups) * self.cal.cpu_per_packet_s
+        return cost, groups
+
+    def emit_flush(self, n: int, flush, start: float, base: float) -> None:
+        _, groups = flush
+        pos = 0
+        for members, sent in groups:
+            when = start + (pos + np.arange(members.size) + 1) * self.cal.cpu_per_packet_s + base
+            pos += members.size
+            self.packets_out += members.size
+            w = np.repeat(when, sent.size)
+            s = np.tile(sent, members.size)
+            self.rows.add(K["push"], w, conn=np.repeat(members, sent.size), name=NAME["chat"], latency=w - s)
+
+    def emit_connects(self, n, t_all, done, k_all, i_all, base) -> None:
+        cal, rows = self.cal, self.rows
+        for j in np.flatnonzero(k_all == JOB_CONNECT):
+            cid, t = int(i_all[j]), float(t_all[j])
+            rows.add(K["connect_start"], t, conn=cid)
+            if cal.conn_limits:
+                total = int(self.live.sum())
+                company = self.company[cid]
+                if total >= cal.max_connections:
+                    rows.add(
+                        K["connect_fail"],
+                        done[j] + base,
+                        conn=cid,
+                        name=NAME["refused: server connection limit reached"],
+                    )
+                    continue
+                if int((self.live & (self.company == company)).sum()) >= cal.max_per_company:
+                    rows.add(
+                        K["connect_fail"],
+                        done[j] + base,
+                        conn=cid,
+                        name=NAME["refused: company connection limit reached"],
+                    )
+                    continue
+            self.live[cid] = True
+            self.ever[cid] = True
+            self.connects_ok += 1
+            rows.add(K["connect_ok"], done[j] + base, conn=cid, latency=done[j] + base - t)
+
+    def emit_pings(self, n, t_all, start, k_all) -> None:
+        waits = start[k_all == JOB_PING] - t_all[k_all == JOB_PING]
+        late = int((waits > self.cal.ping_timeout_s).sum())
+        ids = np.flatnonzero(self.live & (self.node_of == n))
+        for cid in self.r_churn.choice(ids, min(late, ids.size), replace=False) if late and ids.size else []:
+            self.live[cid] = False
+            self.nodes[n].closed += 1
+            now = self.env.now
+            self.rows.add(K["error"], now, conn=int(cid), name=NAME["dropped: ping timeout"])
+            self.rows.add(K["disconnect"], now, conn=int(cid), name=NAME["dropped: ping timeout"])
+
+    def publish(self, chat_done: dict[int, np.ndarray]) -> None:
+        """Every chat published on one node is fanned out by every other node (Redis pub/sub)."""
+        cal = self.cal
+        self._remote = getattr(self, "_remote", [[] for _ in self.nodes])
+        for origin, arr in chat_done.items():
+            done, sent, company = arr
+            for n in range(self.n_nodes):
+                if n == origin:
+                    continue
+                local = self.local_members(n)
+                for d, s, c in zip(done, sent, company.astype(int), strict=True):
+                    r = int(local[c])
+                    svc = cal.cpu_per_publish_s + r * cal.cpu_per_delivery_s
+                    self._remote[n].append((d + cal.redis_rtt_s, svc, s, c))
+
+    def run(self) -> list[np.ndarray]:
+        env = self.env
+        env.process(self.steps_proc())
+        env.process(self.ticker())
+        env.process(self.sampler())
+        if self.wl.churn_per_s > 0:
+            env.process(self.churn())
+        env.run()
+        # planned closes at the end, as the load generator does
+        ids = np.flatnonzero(self.live)
+        self.rows.add(K["disconnect"], self.wl.duration_s + 0.5, conn=ids, name=NAME["client close"])
+        return self.rows.columns()
+
+
+def st_remote_pop(sim: Simulation, n: int) -> list[tuple]:
+    """Remote fan-outs for node ``n`` (from the previous slice), with their delivery rows emitted."""
+    remote = getattr(sim, "_remote", None)
+    if not remote or not remote[n]:
+        return []
+    jobs, remote[n] = remote[n], []
+    out = []
+    for t, svc, sent, company in jobs:
+        members = sim.members(n, int(company))
+        sim.events_out += members.size
+        if sim.cal.batching:
+            sim.nodes[n].pending.setdefault(int(company), []).append(np.array([sent, t]))
+        else:
+            sim.packets_out += members.size
+            when = t + (np.arange(members.size) + 1) * sim.cal.cpu_per_delivery_s + sim.cal.base_latency_s
+            sim.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
+        out.append((t, svc, sent))
+    return out
