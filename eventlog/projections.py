@@ -97,6 +97,7 @@ def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
         "throughput_eps": int(counts.get("ack", 0)) / span,
         "deliveries_per_s": int(counts.get("push", 0)) / span,
         "sends_per_s": int(counts.get("send", 0)) / span,
+        "send_lag_p99_ms": 1000 * percentile(in_win[in_win["kind"] == "send"]["latency_s"].to_numpy(), 99),
     }
 
 
@@ -111,7 +112,16 @@ def step_table(df: pd.DataFrame, slo: SLO = SLO()) -> pd.DataFrame:
         reached = int(max(in_step.max() if len(in_step) else 0, before.iloc[-1] if len(before) else 0))
         p95_ok = not np.isnan(stats["p95_ms"]) and stats["p95_ms"] <= slo.p95_s * 1000
         held = p95_ok and stats["error_rate"] <= slo.error_rate and reached >= 0.99 * st.target
-        rows.append({"step": st.step, "target": st.target, "reached": reached, **stats, "held": held})
+        rows.append(
+            {
+                "step": st.step,
+                "target": st.target,
+                "reached": reached,
+                "window_s": st.end - st.window_start,
+                **stats,
+                "held": held,
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -59,6 +59,94 @@ def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
+    from .runner import run_scenario
+    from .scenario import ScenarioError, load_scenario
+
+    try:
+        sc = load_scenario(args.scenario)
+    except ScenarioError as exc:
+        raise UsageError(f"scenario not valid, nothing started:\n{exc}") from None
+    reuse = [Path(p) for p in args.reuse] if args.reuse else None
+    out_dir = run_scenario(sc, Path(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse)
+    print(f"outputs: {out_dir}")
+    pdf = out_dir / "report.pdf"
+    print(pdf if pdf.exists() else out_dir)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
+    from eventlog import read_run
+    from model.calibrate import calibrate
+
+    if args.live:
+        from .live import scrape_live
+
+        runs = [read_run(scrape_live(args.live, args.seconds, Path(args.runs)))]
+    else:
+        if not args.run:
+            raise UsageError("name measured run folders, or --live URL")
+        runs = [read_run(r) for r in args.run]
+    try:
+        cal = calibrate(runs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cal.save(args.out)
+    fit = cal.fit.get("cpu", {})
+    print(
+        f"cpu/event {cal.cpu_per_event_s * 1e6:.1f} us, per delivery {cal.cpu_per_delivery_s * 1e6:.2f} us, "
+        f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.1f} KB/connection, "
+        f"CPU fit R2 {fit.get('r2', float('nan')):.3f} on {fit.get('n_samples', 0)} samples"
+    )
+    print(args.out)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
+    from eventlog import benchmark_row, read_run
+    from model import Calibration, Workload, confidence, replicate
+
+    cal = Calibration.load(args.calibration)
+    if args.connections < 1 or args.rate < 0 or args.duration <= 0:
+        raise UsageError("--connections >= 1, --rate >= 0 and --duration > 0 are required")
+    wl = Workload(
+        steps=[{"connections": args.connections, "hold_s": args.duration}],
+        events_per_second=args.rate * args.connections,
+        mix=_mix(args.mix),
+        companies=max(1, -(-args.connections // 500)),
+        connect_rate=args.connect_rate,
+    )
+    dirs = replicate(cal, wl, args.out, args.replications, args.seed, nodes=args.nodes, name="simulate")
+    rows = [benchmark_row(r.events, r.manifest) for r in map(read_run, dirs)]
+    for m in ("p50_ms", "p95_ms", "p99_ms", "throughput_eps", "mean_cpu_pct", "peak_memory_mb", "error_rate_pct"):
+        mean, half = confidence([r[m] for r in rows])
+        print(f"{m:<16} {mean:10.2f} +- {half:.2f} (95 % CI, {len(rows)} replications)")
+    for d in dirs:
+        print(d)
+    return 0
+
+
+def _mix(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--mix {part!r}: expected NAME=NUMBER") from None
+    return out
+
+
+def cmd_report(args: argparse.Namespace, rest: list[str]) -> int:
+    from .report import build_report
+
+    out_dir = Path(args.outputs)
+    if not (out_dir / "runs.json").exists():
+        raise UsageError(f"{out_dir} holds no runs.json: pass a scenario's output folder (reports/NAME)")
+    print(build_report(out_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="caplab",
@@ -78,6 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_load_arguments(s)
     s.set_defaults(func=cmd_load)
+    s = sub.add_parser("run", help="run a scenario file end to end (measure/simulate/compare/sweep, report)")
+    s.add_argument("scenario", help="scenario YAML, e.g. scenarios/quickstart.yaml")
+    s.add_argument("--runs", default="runs", help="folder for run folders (default runs/)")
+    s.add_argument("--reports", default="reports", help="folder for outputs and PDFs (default reports/)")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--reuse", nargs="+", metavar="RUN", help="analyse these measured runs instead of measuring")
+    s.set_defaults(func=cmd_run)
+    s = sub.add_parser("calibrate", help="fit the model from measured runs (or a live server)")
+    s.add_argument("run", nargs="*", help="measured run folders of one server configuration")
+    s.add_argument("--out", required=True, help="calibration file to write (JSON)")
+    s.add_argument("--live", help="instead: scrape this node's /socket-metrics (loopback only)")
+    s.add_argument("--seconds", type=float, default=60.0, help="how long to scrape --live")
+    s.add_argument("--runs", default="runs")
+    s.set_defaults(func=cmd_calibrate)
+    s = sub.add_parser("simulate", help="simulate a load with a calibration; prints the run folders last")
+    s.add_argument("--calibration", required=True)
+    s.add_argument("--connections", type=int, required=True)
+    s.add_argument("--rate", type=float, required=True, help="events per second per connection")
+    s.add_argument("--duration", type=float, required=True, help="simulated seconds")
+    s.add_argument("--replications", type=int, default=1)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--nodes", type=int, default=1)
+    s.add_argument("--mix", default="echo=0.99,chat=0.01")
+    s.add_argument("--connect-rate", type=float, default=1000.0)
+    s.add_argument("--out", default="runs")
+    s.set_defaults(func=cmd_simulate)
+    s = sub.add_parser("report", help="rebuild the PDF report of a scenario's output folder")
+    s.add_argument("outputs", help="reports/NAME")
+    s.set_defaults(func=cmd_report)
     s = sub.add_parser("runs", help="list runs, or show one run's manifest and benchmark row")
     s.add_argument("run", nargs="?", help="run id or folder")
     s.add_argument("--out", default="runs")

@@ -92,7 +92,10 @@ def write_tables(summary: dict, out_dir: Path, before: str | None = None) -> dic
                     "p50_ms",
                     "p95_ms",
                     "p99_ms",
+                    "ack_p95_ms",
+                    "push_p95_ms",
                     "error_rate",
+                    "send_lag_p99_ms",
                     "held",
                 ]
             ],
@@ -103,3 +106,40 @@ def write_tables(summary: dict, out_dir: Path, before: str | None = None) -> dic
     (out_dir / "tables.md").write_text("\n".join(md))
     files["markdown"] = out_dir / "tables.md"
     return files
+
+
+def resolve_run(out_dir: Path, path: str) -> Path:
+    """A run path from runs.json: as written, else relative to the output folder (moved datasets)."""
+    p = Path(path)
+    if (p / "manifest.json").exists():
+        return p
+    for candidate in (out_dir / p, out_dir / "runs" / p.name):
+        if (candidate / "manifest.json").exists():
+            return candidate
+    raise FileNotFoundError(f"run {path} of {out_dir}/runs.json not found")
+
+
+def load_outputs(out_dir: Path | str) -> dict:
+    """Everything a scenario wrote, for notebooks and the report: summaries recomputed from the logs."""
+    out_dir = Path(out_dir)
+    record = json.loads((out_dir / "runs.json").read_text())
+    measured = [resolve_run(out_dir, p) for p in record.get("measured", [])]
+
+    def csv(name: str) -> pd.DataFrame:
+        return pd.read_csv(out_dir / name) if (out_dir / name).exists() else pd.DataFrame()
+
+    summary = summarize(measured) if measured else {}
+    model = json.loads((out_dir / "model.json").read_text()) if (out_dir / "model.json").exists() else {}
+    for label, path in (model.get("calibrations") or {}).items():
+        p = Path(path)
+        model["calibrations"][label] = str(p if p.exists() else out_dir / p.name)
+    return {
+        "record": record,
+        "measured": measured,
+        "summary": summary,
+        "runs": {k: read_run(p) for k, p in zip(summary, measured, strict=True)},
+        "capacity": csv("capacity.csv"),
+        "validation": csv("validation.csv"),
+        "sweep": csv("sweep.csv"),
+        "model": model,
+    }

@@ -17,14 +17,26 @@ def log(msg: str) -> None:
 
 
 def run_scenario(
-    sc: Scenario, runs_root: Path = Path("runs"), reports_root: Path = Path("reports"), quiet: bool = False
+    sc: Scenario,
+    runs_root: Path = Path("runs"),
+    reports_root: Path = Path("reports"),
+    quiet: bool = False,
+    reuse: list[Path] | None = None,
 ) -> Path:
     """Run every part of the scenario; returns the scenario's output folder under ``reports_root``."""
     out_dir = reports_root / sc.name
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"scenario": sc.name, "started_at": datetime.now(UTC).isoformat(), "measured": [], "simulated": []}
     measured: list[Path] = []
-    if sc.kind in ("measure", "compare"):
+    if reuse:  # analyse measured runs again without measuring
+        from eventlog import read_manifest
+
+        measured = list(reuse)
+        for p in measured:
+            if read_manifest(p).get("source") != "measured":
+                raise ValueError(f"--reuse takes measured runs; {p} is {read_manifest(p).get('source')}")
+        record["measured"] = [str(p) for p in measured]
+    elif sc.kind in ("measure", "compare"):
         for server in sc.servers:
             log(f"measuring {server.label} ({server.profile}, {server.nodes} node(s)) ...")
             run_dir = measure(server, sc.workload, runs_root, sc, quiet=quiet)

@@ -98,6 +98,12 @@ class Worker:
             return after + self.rng.random() / self.rate
         return after + self.gap()
 
+    def reschedule(self, now: float) -> None:
+        """A new rate takes effect at once: every pending next send is drawn again from ``now``
+        (exact for Poisson arrivals, which are memoryless; a fresh phase for fixed rates)."""
+        self.heap[:] = [(self.first_send(now), cid) for _, cid in self.heap]  # in place: sender holds it
+        heapq.heapify(self.heap)
+
     def pick(self) -> str:
         r = self.rng.random()
         for edge, name in self.mix:
@@ -288,7 +294,10 @@ class Worker:
         per_worker_rate = spec.connect_rate / spec.workers
         for (start, hold, target), step in zip(spec.schedule(), spec.steps, strict=True):
             await self.sleep_until(start)
-            self.rate = spec.step_rate(step)
+            rate = spec.step_rate(step)
+            if rate != self.rate:
+                self.rate = rate
+                self.reschedule(start)
             if self.wid == 0:
                 w.row("sample", start, name="step", value=float(target))
                 w.row("sample", start, name="step_eps", value=self.rate * target)

@@ -37,6 +37,11 @@ class Workload(BaseModel):
     def max_connections(self) -> int:
         return max(s.connections for s in self.steps)
 
+    @property
+    def base_rate(self) -> float:
+        """Per-connection rate of steps without their own rate: events_per_second at the last step."""
+        return self.events_per_second / self.steps[-1].connections
+
     def step_rate(self, i: int) -> float:
         """Per-connection send rate in step ``i``."""
         s = self.steps[i]
