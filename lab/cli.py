@@ -7,9 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-
-class UsageError(ValueError):
-    """Bad command-line or environment input; the message says which and why."""
+from .errors import UsageError
 
 
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:

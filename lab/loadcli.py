@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from loadgen import LoadSpec
 
-from .cli import UsageError
+from .errors import UsageError
 
 # the seed's variables -> (flag dest, converter)
 SEED_ENV = {

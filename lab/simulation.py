@@ -101,7 +101,12 @@ def capacity_rows(cal: Calibration, wl: Workload, sc: Scenario, runs_root: Path,
 
 def node_capacity(cal: Calibration, wl: Workload, sc: Scenario, runs_root: Path, label: str, rate: float) -> int:
     """Connections one node holds within the SLO, from a simulated step ramp (the measured ramp's rule)."""
-    targets = [100, 200, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 15_000, 20_000]
+    top = 2 * max(sc.simulate.connections)
+    targets = [
+        n
+        for n in (100, 200, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 15_000, 20_000)
+        if n <= max(top, 100)
+    ]
     ramp = Workload.model_validate(
         {
             **wl.model_dump(),
@@ -132,15 +137,25 @@ def simulate_scenario(sc: Scenario, measured: list[Path], runs_root: Path, out_d
             label = run.manifest["label"]
             t_end, fit_steps = fit_window(run)
             log(f"calibrating {label} on steps {fit_steps} of {run.run_id} ...")
-            held_cal = calibrate([truncated(run, t_end)])
-            v = validate(
-                held_cal, run, runs_root, slo, replications=min(3, sc.simulate.replications), seed=sc.simulate.seed
-            )
-            v.insert(0, "label", label)
-            v["held_out"] = ~v["step"].isin(fit_steps)
-            validations.append(v)
-            record["simulated"] += v.attrs.get("simulated_runs", [])
-            cal = calibrate([run])  # all steps, for extrapolation
+            try:
+                held_cal = calibrate([truncated(run, t_end)])
+            except ValueError as exc:
+                log(f"  no held-out validation for {label}: {exc}")
+                record.setdefault("not_validated", {})[label] = str(exc)
+            else:
+                v = validate(
+                    held_cal, run, runs_root, slo, replications=min(3, sc.simulate.replications), seed=sc.simulate.seed
+                )
+                v.insert(0, "label", label)
+                v["held_out"] = ~v["step"].isin(fit_steps)
+                validations.append(v)
+                record["simulated"] += v.attrs.get("simulated_runs", [])
+            try:
+                cal = calibrate([run])  # all steps, for extrapolation
+            except ValueError as exc:
+                log(f"  cannot calibrate {label}: {exc}; no simulation for it")
+                record.setdefault("not_calibrated", {})[label] = str(exc)
+                continue
             path = cal.save(out_dir / f"calibration-{label}.json")
             record["calibrations"][label] = str(path)
             cals[label] = (cal, Workload.from_manifest(run.manifest))

@@ -85,6 +85,11 @@ class Connection:
             self.next_ack += 1
         return ack_id, self.ws.send_str("4" + p.encode_event(name, args, ack_id)[1:])
 
+    def congested(self) -> bool:
+        """True when the kernel's send buffer is full and asyncio is buffering (the peer is not reading)."""
+        transport = getattr(getattr(self.ws, "_writer", None), "transport", None)
+        return transport is not None and transport.get_write_buffer_size() > 0
+
     async def send_raw(self, data: str | bytes) -> None:
         if isinstance(data, bytes):
             await self.ws.send_bytes(data)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from eventlog.schedule import schedule_end, step_schedule
+
 
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -90,16 +92,9 @@ class LoadSpec(BaseModel):
         return self.rate_per_connection
 
     def schedule(self) -> list[tuple[float, float, int]]:
-        """(step start, hold start, target) in run seconds; ramps run at ``connect_rate``."""
-        out, t, live = [], 0.0, 0
-        for s in self.steps:
-            ramp = max(0, s.connections - live) / self.connect_rate
-            out.append((t, t + ramp, s.connections))
-            t += ramp + s.hold_s
-            live = s.connections
-        return out
+        """(step start, hold start, target) in run seconds (``eventlog.schedule``, shared with the other side)."""
+        return step_schedule([(s.connections, s.hold_s) for s in self.steps], self.connect_rate)
 
     @property
     def duration_s(self) -> float:
-        _start, hold, _ = self.schedule()[-1]
-        return hold + self.steps[-1].hold_s
+        return schedule_end([(s.connections, s.hold_s) for s in self.steps], self.connect_rate)

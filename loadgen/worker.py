@@ -191,17 +191,28 @@ class Worker:
         if sending is None:
             return
         vc.pending[ack_id] = (t_int, name)
+        if vc.conn.congested():
+            # the server stopped reading this socket: waiting for its drain here would stall every
+            # other connection's schedule; a real client only blocks itself
+            task = asyncio.get_running_loop().create_task(self.finish_send(vc, ack_id, name, sending))
+            self.connecting.add(task)
+            task.add_done_callback(self.connecting.discard)
+        elif not await self.finish_send(vc, ack_id, name, sending):
+            return
+        self.writer.row(
+            "send", t_int, conn=vc.id, name=name, latency_s=self.writer.now() - t_int, nbytes=self.spec.payload_bytes
+        )
+        self.counts["send"] += 1
+
+    async def finish_send(self, vc: VConn, ack_id: int, name: str, sending) -> bool:
         try:
             await sending
         except (ConnectionError, aiohttp.ClientError, RuntimeError):
             vc.pending.pop(ack_id, None)
             self.writer.row("error", self.writer.now(), conn=vc.id, name=f"send_failed:{name}")
             self.counts["err"] += 1
-            return
-        self.writer.row(
-            "send", t_int, conn=vc.id, name=name, latency_s=self.writer.now() - t_int, nbytes=self.spec.payload_bytes
-        )
-        self.counts["send"] += 1
+            return False
+        return True
 
     async def sender(self) -> None:
         heap, now_fn, vconns = self.heap, self.writer.now, self.vconns

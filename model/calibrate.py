@@ -49,6 +49,7 @@ def rates(wide: pd.DataFrame) -> pd.DataFrame:
 def fit_cpu(r: pd.DataFrame, batching: bool) -> tuple[dict, dict]:
     use = r[(r["cpu_seconds"] < 0.9) & (r["dt"] > 0.5)].dropna(subset=["cpu_seconds"])
     names = [n for n in REGRESSORS if n != "batches" or batching]
+    names = [n for n in names if use[n].fillna(0).abs().sum() > 0]  # a regressor that never moved fits nothing
     X = np.column_stack([np.ones(len(use))] + [use[n].fillna(0).to_numpy() for n in names])
     y = use["cpu_seconds"].to_numpy()
     if len(use) < len(names) + 2:
@@ -57,7 +58,7 @@ def fit_cpu(r: pd.DataFrame, batching: bool) -> tuple[dict, dict]:
     pred = X @ coef
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum()) or 1e-12
-    params = dict(zip(["idle", *names], coef.tolist(), strict=True))
+    params = dict.fromkeys(REGRESSORS, 0.0) | dict(zip(["idle", *names], coef.tolist(), strict=True))
     quality = {
         "r2": 1 - ss_res / ss_tot,
         "n_samples": len(use),

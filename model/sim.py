@@ -50,6 +50,13 @@ K = KIND_INDEX
 EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE = range(7)
 
 
+def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
+    """Completion times of a FIFO single server: jobs arriving at sorted ``t`` with service ``s``,
+    the server busy until ``free_at``: done_n = S_n + max(free_at, max_{k<=n}(t_k - S_{k-1}))."""
+    S = np.cumsum(s)
+    return S + np.maximum(np.maximum.accumulate(t - (S - s)), free_at)
+
+
 class Rows:
     """Column chunks, concatenated once at the end."""
 
@@ -104,6 +111,7 @@ class Simulation:
         self.node_of = np.arange(n) % nodes
         self.phase = self.r_arr.random(n)  # for fixed-rate arrivals
         self.nodes = [NodeState() for _ in range(nodes)]
+        self.remote: list[list[tuple]] = [[] for _ in range(nodes)]  # (arrival, service, sent, company)
         self.rows = Rows()
         self.rate = 0.0
         self.connects: list[tuple[float, int]] = []
@@ -218,97 +226,105 @@ class Simulation:
         return np.sort(self.r_arr.uniform(t0, t1, n)), self.r_conn.choice(ids, n)
 
     def slice(self, t0: float, t1: float) -> None:
-        cal, _wl, rows = self.cal, self.wl, self.rows
-        base = cal.base_latency_s
-        # connection attempts due in this slice
-        due = [(t, c) for t, c in self.connects if t < t1]
+        """Serve every node's jobs arriving in [t0, t1), in FIFO order, and write their rows."""
+        due = [(t, c) for t, c in self.connects if t < t1]  # connection attempts due now
         self.connects = [(t, c) for t, c in self.connects if t >= t1]
         ev_t, ev_c = self.arrivals(t0, t1)
-        n_ev = ev_t.size
-        self.events_in += n_ev
-        is_chat = self.r_mix.random(n_ev) < self.p_chat
-        np.bincount(self.company[self.live], minlength=self.company.max() + 1)
-        [[] for _ in self.nodes]
-        chat_done: dict[int, np.ndarray] = {}
-        for n, st in enumerate(self.nodes):
-            jobs_t, jobs_s, jobs_k, jobs_i = [], [], [], []
-            # events of connections on this node
-            mine = self.node_of[ev_c] == n if self.n_nodes > 1 else np.ones(n_ev, bool)
-            idx = np.flatnonzero(mine)
-            local_members = self.local_members(n)
-            room = self.company[ev_c[idx]]
-            recipients = np.where(is_chat[idx], local_members[room], 0)
-            mean = cal.cpu_per_event_s + recipients * cal.cpu_per_delivery_s
-            mean = mean + np.where(is_chat[idx] & (self.n_nodes > 1), cal.cpu_per_publish_s, 0.0)
-            jobs_t.append(ev_t[idx])
-            jobs_s.append(self.service(mean, idx.size))
-            jobs_k.append(np.where(is_chat[idx], EV_CHAT, EV_ECHO))
-            jobs_i.append(idx)
-            # connects
-            mine_c = [(t, c) for t, c in due if self.node_of[c] == n]
-            if mine_c:
-                ct = np.array([t for t, _ in mine_c])
-                jobs_t.append(ct)
-                jobs_s.append(self.service(cal.cpu_per_connect_s, ct.size))
-                jobs_k.append(np.full(ct.size, JOB_CONNECT))
-                jobs_i.append(np.array([c for _, c in mine_c]))
-            # pings from live connections
-            live_n = int((self.live & (self.node_of == n)).sum())
-            n_ping = self.r_arr.poisson(live_n / cal.heartbeat_s * (t1 - t0)) if live_n else 0
-            if n_ping:
-                jobs_t.append(self.r_arr.uniform(t0, t1, n_ping))
-                jobs_s.append(np.full(n_ping, cal.cpu_per_connection_s_per_s * cal.heartbeat_s))
-                jobs_k.append(np.full(n_ping, JOB_PING))
-                jobs_i.append(np.full(n_ping, -1))
-            # garbage-collector pauses, triggered by events
-            if self.gc_dist is not None and idx.size:
-                n_gc = self.r_gc.poisson(cal.gc.collections_per_event * idx.size)
-                if n_gc:
-                    gc_t = self.r_gc.choice(ev_t[idx], n_gc)
-                    pauses = np.clip(self.gc_dist.rvs(size=n_gc, random_state=self.r_gc), 0, None)
-                    self.gc_count += n_gc
-                    rows.add(K["sample"], gc_t, node=n, name=NAME["gc_pause_gen0"], value=pauses)
-                    jobs_t.append(gc_t)
-                    jobs_s.append(pauses)
-                    jobs_k.append(np.full(n_gc, JOB_GC))
-                    jobs_i.append(np.full(n_gc, -1))
-            # batch flush at the start of the slice
-            flush = self.flush_job(n, t0) if cal.batching else None
-            if flush is not None:
-                jobs_t.append(np.array([t0]))
-                jobs_s.append(np.array([flush[0]]))
-                jobs_k.append(np.array([JOB_FLUSH]))
-                jobs_i.append(np.array([-1]))
-            # Redis fan-outs published by other nodes in the previous pass
-            for t, svc, sent in st_remote_pop(self, n):
-                jobs_t.append(np.array([t]))
-                jobs_s.append(np.array([svc]))
-                jobs_k.append(np.array([JOB_REMOTE]))
-                jobs_i.append(np.array([-1]))
-                _ = sent
-            t_all = np.concatenate(jobs_t)
-            if t_all.size == 0:
-                st.lag_max = max(st.lag_max, max(0.0, st.free_at - t0))
-                continue
-            s_all, k_all, i_all = np.concatenate(jobs_s), np.concatenate(jobs_k), np.concatenate(jobs_i)
-            order = np.argsort(t_all, kind="stable")
-            t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
-            S = np.cumsum(s_all)
-            done = S + np.maximum(np.maximum.accumulate(t_all - (S - s_all)), st.free_at)
-            start = done - s_all
-            st.lag_max = max(st.lag_max, max(0.0, st.free_at - t0))
-            st.free_at = float(done[-1])
-            st.work += float(S[-1])
-            self.emit_events(n, t_all, start, done, k_all, i_all, ev_c, recipients_of=local_members)
-            self.emit_connects(n, t_all, done, k_all, i_all, base)
-            self.emit_pings(n, t_all, start, k_all)
-            if flush is not None:
-                self.emit_flush(n, flush, float(start[k_all == JOB_FLUSH][0]), base)
-            chat_mask = k_all == EV_CHAT
-            if self.n_nodes > 1 and chat_mask.any():
-                chat_done[n] = np.stack([done[chat_mask], t_all[chat_mask], self.company[ev_c[i_all[chat_mask]]]])
+        self.events_in += ev_t.size
+        is_chat = self.r_mix.random(ev_t.size) < self.p_chat
+        built = [self.build_jobs(n, t0, t1, ev_t, ev_c, is_chat, due) for n in range(self.n_nodes)]
         if self.n_nodes > 1:
+            # pass 1: when each origin finishes its room events, to time their fan-out elsewhere
+            chat_done = {}
+            for n, jobs in enumerate(built):
+                t, svc, kind, idx = jobs["t"], jobs["s"], jobs["k"], jobs["i"]
+                if t.size:
+                    order = np.argsort(t, kind="stable")
+                    done = lindley(t[order], svc[order], self.nodes[n].free_at)
+                    m = kind[order] == EV_CHAT
+                    if m.any():
+                        chat_done[n] = np.stack([done[m], t[order][m], self.company[ev_c[idx[order][m]]]])
             self.publish(chat_done)
+        for n, jobs in enumerate(built):
+            self.serve(n, t0, t1, jobs, ev_c)
+
+    def build_jobs(self, n, t0, t1, ev_t, ev_c, is_chat, due) -> dict:
+        cal = self.cal
+        jobs_t, jobs_s, jobs_k, jobs_i = [np.empty(0)], [np.empty(0)], [np.empty(0, int)], [np.empty(0, int)]
+        idx = np.flatnonzero(self.node_of[ev_c] == n) if self.n_nodes > 1 else np.arange(ev_t.size)
+        local = self.local_members(n)
+        recipients = np.where(is_chat[idx], local[self.company[ev_c[idx]]], 0)
+        mean = cal.cpu_per_event_s + recipients * cal.cpu_per_delivery_s
+        if self.n_nodes > 1:
+            mean = mean + np.where(is_chat[idx], cal.cpu_per_publish_s, 0.0)
+        jobs_t.append(ev_t[idx])
+        jobs_s.append(self.service(mean, idx.size))
+        jobs_k.append(np.where(is_chat[idx], EV_CHAT, EV_ECHO))
+        jobs_i.append(idx)
+        mine = [(t, c) for t, c in due if self.node_of[c] == n]
+        if mine:
+            jobs_t.append(np.array([t for t, _ in mine]))
+            jobs_s.append(self.service(cal.cpu_per_connect_s, len(mine)))
+            jobs_k.append(np.full(len(mine), JOB_CONNECT))
+            jobs_i.append(np.array([c for _, c in mine]))
+        live_n = int((self.live & (self.node_of == n)).sum())
+        n_ping = self.r_arr.poisson(live_n / cal.heartbeat_s * (t1 - t0)) if live_n else 0
+        if n_ping:  # heartbeats of live connections
+            jobs_t.append(self.r_arr.uniform(t0, t1, n_ping))
+            jobs_s.append(np.full(n_ping, cal.cpu_per_connection_s_per_s * cal.heartbeat_s))
+            jobs_k.append(np.full(n_ping, JOB_PING))
+            jobs_i.append(np.full(n_ping, -1))
+        if self.gc_dist is not None and idx.size:  # collector pauses, triggered by events
+            n_gc = self.r_gc.poisson(cal.gc.collections_per_event * idx.size)
+            if n_gc:
+                gc_t = self.r_gc.choice(ev_t[idx], n_gc)
+                pauses = np.clip(self.gc_dist.rvs(size=n_gc, random_state=self.r_gc), 0, None)
+                self.gc_count += n_gc
+                self.rows.add(K["sample"], gc_t, node=n, name=NAME["gc_pause_gen0"], value=pauses)
+                jobs_t.append(gc_t)
+                jobs_s.append(pauses)
+                jobs_k.append(np.full(n_gc, JOB_GC))
+                jobs_i.append(np.full(n_gc, -1))
+        flush = self.flush_job(n, t0) if cal.batching else None
+        if flush is not None:  # batch flush at the tick
+            jobs_t.append(np.array([t0]))
+            jobs_s.append(np.array([flush[0]]))
+            jobs_k.append(np.array([JOB_FLUSH]))
+            jobs_i.append(np.array([-1]))
+        return {
+            "t": np.concatenate(jobs_t),
+            "s": np.concatenate(jobs_s),
+            "k": np.concatenate(jobs_k),
+            "i": np.concatenate(jobs_i),
+            "flush": flush,
+        }
+
+    def serve(self, n, t0, t1, jobs, ev_c) -> None:
+        st, base = self.nodes[n], self.cal.base_latency_s
+        remote = [r for r in self.remote[n] if r[0] < t1]  # Redis fan-outs that reached this node
+        self.remote[n] = [r for r in self.remote[n] if r[0] >= t1]
+        t_all, s_all, k_all, i_all = jobs["t"], jobs["s"], jobs["k"], jobs["i"]
+        if remote:
+            t_all = np.concatenate([t_all, [r[0] for r in remote]])
+            s_all = np.concatenate([s_all, [r[1] for r in remote]])
+            k_all = np.concatenate([k_all, np.full(len(remote), JOB_REMOTE)])
+            i_all = np.concatenate([i_all, np.arange(len(remote))])
+        st.lag_max = max(st.lag_max, max(0.0, st.free_at - t0))
+        if t_all.size == 0:
+            return
+        order = np.argsort(t_all, kind="stable")
+        t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
+        done = lindley(t_all, s_all, st.free_at)
+        start = done - s_all
+        st.free_at = float(done[-1])
+        st.work += float(s_all.sum())
+        self.emit_events(n, t_all, start, done, k_all, i_all, ev_c)
+        self.emit_connects(n, t_all, done, k_all, i_all, base)
+        self.emit_pings(n, t_all, start, k_all)
+        if jobs["flush"] is not None:
+            self.emit_flush(n, jobs["flush"], float(start[k_all == JOB_FLUSH][0]), base)
+        if remote:
+            self.emit_remote(n, remote, start, done, k_all, i_all)
 
     def local_members(self, n: int) -> np.ndarray:
         mask = self.live if self.n_nodes == 1 else self.live & (self.node_of == n)
@@ -320,7 +336,7 @@ class Simulation:
             mask &= self.node_of == n
         return np.flatnonzero(mask)
 
-    def emit_events(self, n, t_all, start, done, k_all, i_all, ev_c, recipients_of) -> None:
+    def emit_events(self, n, t_all, start, done, k_all, i_all, ev_c) -> None:
         cal, rows, base, timeout = self.cal, self.rows, self.cal.base_latency_s, self.wl.ack_timeout_s
         ev = (k_all == EV_ECHO) | (k_all == EV_CHAT)
         if not ev.any():
@@ -411,17 +427,28 @@ class Simulation:
     def publish(self, chat_done: dict[int, np.ndarray]) -> None:
         """Every chat published on one node is fanned out by every other node (Redis pub/sub)."""
         cal = self.cal
-        self._remote = getattr(self, "_remote", [[] for _ in self.nodes])
-        for origin, arr in chat_done.items():
-            done, sent, company = arr
+        for origin, (done, sent, company) in chat_done.items():
             for n in range(self.n_nodes):
                 if n == origin:
                     continue
                 local = self.local_members(n)
-                for d, s, c in zip(done, sent, company.astype(int), strict=True):
-                    r = int(local[c])
-                    svc = cal.cpu_per_publish_s + r * cal.cpu_per_delivery_s
-                    self._remote[n].append((d + cal.redis_rtt_s, svc, s, c))
+                for d, sent_t, c in zip(done, sent, company.astype(int), strict=True):
+                    svc = cal.cpu_per_publish_s + int(local[c]) * cal.cpu_per_delivery_s
+                    self.remote[n].append((d + cal.redis_rtt_s, svc, sent_t, c))
+
+    def emit_remote(self, n, remote, start, done, k_all, i_all) -> None:
+        """Deliveries of other nodes' room events, timed by when this node's loop served them."""
+        cal, base = self.cal, self.cal.base_latency_s
+        for j in np.flatnonzero(k_all == JOB_REMOTE):
+            _t, _svc, sent, company = remote[i_all[j]]
+            members = self.members(n, int(company))
+            self.events_out += members.size
+            if cal.batching:
+                self.nodes[n].pending.setdefault(int(company), []).append(np.array([sent, done[j]]))
+                continue
+            self.packets_out += members.size
+            when = start[j] + cal.cpu_per_publish_s + (np.arange(members.size) + 1) * cal.cpu_per_delivery_s + base
+            self.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
 
     def run(self) -> list[np.ndarray]:
         env = self.env
@@ -435,23 +462,3 @@ class Simulation:
         ids = np.flatnonzero(self.live)
         self.rows.add(K["disconnect"], self.wl.duration_s + 0.5, conn=ids, name=NAME["client close"])
         return self.rows.columns()
-
-
-def st_remote_pop(sim: Simulation, n: int) -> list[tuple]:
-    """Remote fan-outs for node ``n`` (from the previous slice), with their delivery rows emitted."""
-    remote = getattr(sim, "_remote", None)
-    if not remote or not remote[n]:
-        return []
-    jobs, remote[n] = remote[n], []
-    out = []
-    for t, svc, sent, company in jobs:
-        members = sim.members(n, int(company))
-        sim.events_out += members.size
-        if sim.cal.batching:
-            sim.nodes[n].pending.setdefault(int(company), []).append(np.array([sent, t]))
-        else:
-            sim.packets_out += members.size
-            when = t + (np.arange(members.size) + 1) * sim.cal.cpu_per_delivery_s + sim.cal.base_latency_s
-            sim.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
-        out.append((t, svc, sent))
-    return out

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eventlog.schedule import schedule_end, step_schedule
+
 
 class StepW(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -50,19 +52,12 @@ class Workload(BaseModel):
         return self.events_per_second / self.steps[-1].connections
 
     def schedule(self) -> list[tuple[float, float, int]]:
-        """(step start, hold start, target), as the load generator computes it."""
-        out, t, live = [], 0.0, 0
-        for s in self.steps:
-            ramp = max(0, s.connections - live) / self.connect_rate
-            out.append((t, t + ramp, s.connections))
-            t += ramp + s.hold_s
-            live = s.connections
-        return out
+        """(step start, hold start, target) in run seconds (``eventlog.schedule``, shared with the other side)."""
+        return step_schedule([(s.connections, s.hold_s) for s in self.steps], self.connect_rate)
 
     @property
     def duration_s(self) -> float:
-        _, hold, _ = self.schedule()[-1]
-        return hold + self.steps[-1].hold_s
+        return schedule_end([(s.connections, s.hold_s) for s in self.steps], self.connect_rate)
 
     def company_of(self, conn: int) -> int:
         """The lab seeds ceil(N / companies) users per company and hands tokens out in order."""

@@ -10,6 +10,7 @@ import time
 
 import socketio
 from aiohttp import web
+from engineio.async_socket import AsyncSocket
 
 from . import http
 from .auth import Authenticator
@@ -21,6 +22,7 @@ from .limits import BanList, ConnectionLimiter
 from .memory import GcMonitor, LoopLagMonitor, MemoryMonitor, tune_gc
 from .metrics import Metrics
 from .settings import Settings
+from .transport import LeanSocket
 
 RECEIVED: contextvars.ContextVar[float] = contextvars.ContextVar("received")
 log = logging.getLogger("server")
@@ -43,6 +45,13 @@ class SioServer(socketio.AsyncServer):
             await self.eio.disconnect(eio_sid)
         finally:
             RECEIVED.reset(token)
+
+    async def _handle_eio_connect(self, eio_sid, environ):
+        if self.lab.settings.toggles.lean_transport:
+            sock = self.eio.sockets.get(eio_sid)
+            if type(sock) is AsyncSocket:  # created by engine.io just now; its transport starts after this
+                sock.__class__ = LeanSocket
+        return await super()._handle_eio_connect(eio_sid, environ)
 
     async def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
         await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)

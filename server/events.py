@@ -57,6 +57,7 @@ class SocketState:
     events: int = 0
     rejected: int = 0
     connected: bool = True
+    kicked: bool = False  # disconnected for flooding; events still in flight are dropped
 
 
 def room_name(state: SocketState, arg: object) -> str:
@@ -164,8 +165,11 @@ class Handlers:
     async def rate_limited(self, state: SocketState) -> dict:
         lab, s = self.lab, self.lab.settings
         state.rejected += 1
+        if state.kicked:
+            return {"error": "rate_limited", "detail": "disconnected for flooding"}
         lab.metrics.refusals.labels(reason="rate_limited").inc()
         if state.bucket.strike(s.flood_window_s) >= s.flood_strikes:
+            state.kicked = True
             lab.metrics.refusals.labels(reason="flood_disconnect").inc()
             lab.bans.ban(state.ip, s.ban_s)
             lab.disconnect_reasons[state.sid] = "flood"

@@ -28,6 +28,7 @@ class Toggles(BaseModel):
     cleanup: bool = False  # drop per-socket state on disconnect + periodic sweep
     gc_tuning: bool = False  # gc.freeze() after start-up and higher gen0 threshold
     uvloop: bool = False  # uvloop event loop instead of asyncio's default
+    lean_transport: bool = False  # one plain await per websocket message (no task + wait_for each)
 
 
 PROFILES: dict[str, dict[str, bool]] = {

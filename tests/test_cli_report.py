@@ -26,9 +26,9 @@ servers:
 workload:
   companies: 2
   steps:
-    - {connections: 10, hold_s: 3}
-    - {connections: 20, hold_s: 3}
-    - {connections: 30, hold_s: 3}
+    - {connections: 10, hold_s: 5}
+    - {connections: 20, hold_s: 5}
+    - {connections: 30, hold_s: 5}
     - {connections: 30, hold_s: 3, events_per_second: 90}
   events_per_second: 30
   mix: {echo: 0.9, chat: 0.1}
@@ -121,7 +121,7 @@ def test_load_command_with_seed_variables(tmp_path):
 def test_bad_inputs_exit_2_with_a_reason(tmp_path):
     res = caplab("load", "--tokens", "x", env={"SOCKET_URL": "http://127.0.0.1:1", "EVENTS_PER_SECOND": "lots"})
     assert res.returncode == 2 and "EVENTS_PER_SECOND='lots'" in res.stderr
-    (tmp_path / "bad.yaml").write_text(TINY.replace("hold_s: 3}", "hold_s: -3}", 1))
+    (tmp_path / "bad.yaml").write_text(TINY.replace("hold_s: 5}", "hold_s: -5}", 1))
     res = caplab("run", str(tmp_path / "bad.yaml"), "--runs", str(tmp_path / "r"))
     assert res.returncode == 2 and "workload.steps.0.hold_s" in res.stderr and "nothing started" in res.stderr
     assert not (tmp_path / "r").exists()

@@ -1,0 +1,271 @@
+"""Speed and memory targets (opt-in: ``pytest -m benchmark -s``). Each prints what it measured."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from eventlog import EventWriter, benchmark_row, read_events, read_run
+from eventlog.schema import KIND_INDEX
+from lab.measure import source_addrs
+from lab.servers import ServerProcess, create_users
+from loadgen import LoadSpec, run_load
+from model import Calibration, Workload, simulate
+
+pytestmark = pytest.mark.benchmark
+
+
+def report(name: str, **figures) -> None:
+    print(f"\nBENCH {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+
+def test_eventlog_10_million_rows(tmp_path):
+    n = 10_000_000
+    rng = np.random.default_rng(1)
+    cols = [
+        np.sort(rng.uniform(0, 600, n)),
+        rng.integers(0, len(KIND_INDEX), n, dtype=np.int8),
+        rng.integers(0, 10_000, n, dtype=np.int32),
+        np.zeros(n, np.int16),
+        rng.integers(0, 3, n, dtype=np.int32),
+        rng.exponential(0.01, n),
+        np.full(n, 64, np.int32),
+        np.full(n, np.nan),
+    ]
+    t = time.perf_counter()
+    EventWriter(tmp_path, "bench", t0=0.0).columns(*cols, names=["echo", "chat", "join"])
+    write_s = time.perf_counter() - t
+    t = time.perf_counter()
+    df = read_events(tmp_path)
+    read_s = time.perf_counter() - t
+    report("eventlog", rows=n, write_s=round(write_s, 2), read_s=round(read_s, 2))
+    assert len(df) == n
+    assert write_s < 10 and read_s < 10
+
+
+def test_eventlog_row_appends(tmp_path):
+    """The generator's path: one row at a time."""
+    w = EventWriter(tmp_path, "rows", t0=0.0)
+    n = 1_000_000
+    t = time.perf_counter()
+    for i in range(n):
+        w.row("ack", i * 1e-4, conn=i % 1000, name="echo", latency_s=0.01, nbytes=64)
+    w.close()
+    per_row_us = (time.perf_counter() - t) / n * 1e6
+    report("eventlog rows", rows=n, per_row_us=round(per_row_us, 2))
+    assert per_row_us < 5
+
+
+@pytest.mark.parametrize(("conns", "seconds", "limit_s"), [(200, 300, 0.5), (2000, 300, 3.0), (10_000, 600, 20.0)])
+def test_model_speed(tmp_path, conns, seconds, limit_s):
+    cal = Calibration(
+        cpu_per_event_s=5e-5, memory_per_connection_bytes=2e4, heartbeat_s=25, cpu_per_connection_s_per_s=1e-5
+    )
+    wl = Workload(
+        steps=[{"connections": conns, "hold_s": seconds}],
+        events_per_second=conns * 1.0,
+        mix={"echo": 1.0},
+        connect_rate=1e6,
+    )
+    simulate(cal, wl, tmp_path / "warm", seed=1)  # imports and caches out of the timing
+    t = time.perf_counter()
+    run_dir = simulate(cal, wl, tmp_path, seed=2)
+    took = time.perf_counter() - t
+    rows = read_run(run_dir).manifest["rows"]
+    report(
+        "model",
+        connections=conns,
+        simulated_s=seconds,
+        events=int(conns * seconds),
+        rows=rows,
+        wall_s=round(took, 2),
+        limit_s=limit_s,
+    )
+    assert took < limit_s
+
+
+def start(cmd: list[str]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("listening on "), line
+    return proc, line.split()[-1]
+
+
+@pytest.mark.parametrize(("conns", "eps"), [(10_000, 10_000), (2000, 5000)])
+def test_generator_ceiling(tmp_path, conns, eps):
+    """Against a trivial ack server: the generator holds 10 000 connections and 10 000 events/s with
+    at most one core and 1 GiB, and its send-lag p99 stays under 5 ms at 5000 events/s."""
+    proc, url = start([sys.executable, str(Path(__file__).parent / "fakes" / "ackserver.py")])
+    try:
+        spec = LoadSpec(
+            url=url,
+            steps=[{"connections": conns, "hold_s": 15}],
+            events_per_second=eps,
+            mix={"echo": 1.0},
+            connect_rate=2000,
+            source_addrs=source_addrs(conns),
+        )
+        before = psutil.Process().memory_info().rss
+        run_dir = run_load(spec, tmp_path, ["t"], quiet=True)
+        peak = psutil.Process().memory_info().rss
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+    run = read_run(run_dir)
+    row = benchmark_row(run.events, run.manifest)
+    report(
+        "generator",
+        connections=conns,
+        offered_eps=eps,
+        acked_eps=round(row["throughput_eps"]),
+        gen_cpu_pct=round(row["gen_cpu_pct"]),
+        send_lag_p99_ms=round(row["send_lag_p99_ms"], 2),
+        rss_mb=round(peak / 1e6),
+        rss_growth_mb=round((peak - before) / 1e6),
+        errors_pct=row["error_rate_pct"],
+    )
+    assert row["throughput_eps"] >= 0.97 * eps
+    assert row["gen_cpu_pct"] <= 100 and peak < 2**30
+    if eps <= 5000:
+        assert row["send_lag_p99_ms"] < 5
+
+
+def fanout_cost(n: int, fast: bool) -> float:
+    """Seconds per recipient of one room emit: python-socketio's manager vs ours, same fake transport."""
+    import socketio
+
+    from server.fanout import LabManager
+
+    class Sock:
+        closed = False
+
+        def __init__(self):
+            self.queue = asyncio.Queue()
+
+    async def go() -> float:
+        mgr = LabManager() if fast else socketio.AsyncManager()
+        if fast:
+            mgr.fast_fanout = True
+        socks = {f"e{i}": Sock() for i in range(n)}
+
+        class Eio:
+            sockets = socks
+
+        class Srv:
+            eio = Eio()
+            packet_class = socketio.packet.Packet
+
+            async def _send_eio_packet(self, eio_sid, pkt):  # the stock path's per-recipient send
+                await socks[eio_sid].queue.put(pkt)
+
+        mgr.set_server(Srv())
+        mgr.initialize()
+        for i in range(n):
+            mgr.basic_enter_room(f"s{i}", "/", "room", eio_sid=f"e{i}")
+        t = time.perf_counter()
+        for _ in range(20):
+            await mgr.emit("chat", {"x": 1}, "/", room="room")
+        return (time.perf_counter() - t) / (20 * n)
+
+    return asyncio.run(go())
+
+
+def test_fanout_costs_less_per_recipient_than_stock_emit():
+    stock, ours = fanout_cost(2000, fast=False), fanout_cost(2000, fast=True)
+    report(
+        "fan-out per recipient",
+        stock_us=round(stock * 1e6, 2),
+        fast_us=round(ours * 1e6, 2),
+        ratio=round(stock / ours, 1),
+    )
+    assert ours < stock
+
+
+@pytest.mark.parametrize("profile", ["baseline", "optimized"])
+def test_server_echo_and_broadcast(tmp_path, profile):
+    """The issue's server targets, measured side by side (targets printed, not asserted: the lab
+    reports what the server reaches): 2000 connections echoing at rising rates; a chat to a room of
+    2000; idle connections' memory."""
+    users = create_users(tmp_path / "db", 1, 2000)
+    sets = {"metrics_interval_ms": 1000, "max_per_company": 20_000, "max_connections": 20_000}
+    tokens = [u["token"] for u in users]
+    with ServerProcess(profile, tmp_path / "db", sets, log_path=tmp_path / "s.log") as srv:
+        steps = [{"connections": 2000, "hold_s": 8, "events_per_second": r} for r in (1000, 2500, 5000, 7500)]
+        spec = LoadSpec(
+            url=srv.url,
+            steps=steps,
+            events_per_second=1000,
+            mix={"echo": 1.0},
+            connect_rate=500,
+            scrape=[srv.url],
+            source_addrs=source_addrs(2000),
+        )
+        echo = read_run(run_load(spec, tmp_path / "echo", tokens, quiet=True))
+        spec = LoadSpec(
+            url=srv.url,
+            steps=[{"connections": 2000, "hold_s": 15}],
+            events_per_second=1.0,
+            mix={"chat": 1.0},
+            connect_rate=500,
+            scrape=[srv.url],
+            source_addrs=source_addrs(2000),
+        )
+        chat = read_run(run_load(spec, tmp_path / "chat", tokens, quiet=True))
+    from eventlog import SLO, step_table
+
+    table = step_table(echo.events, SLO())
+    best = table[table["p95_ms"] < 120]["throughput_eps"].max()
+    row = benchmark_row(chat.events, chat.manifest)
+    for r in table.itertuples():
+        report(
+            f"server echo {profile}",
+            offered=round(r.sends_per_s),
+            acked=round(r.throughput_eps),
+            p95_ms=round(r.p95_ms, 1),
+            errors=round(r.error_rate, 4),
+        )
+    report(
+        f"server {profile}",
+        echo_eps_within_120ms=best,
+        target_optimized=7500,
+        chat_2000_push_p95_ms=round(row["push_p95_ms"], 1),
+        target_push_p95_ms=150,
+    )
+
+
+@pytest.mark.parametrize("profile", ["baseline", "optimized"])
+def test_idle_connections_memory(tmp_path, profile):
+    users = create_users(tmp_path / "db", 20, 500)
+    sets = {"metrics_interval_ms": 1000, "max_connections": 20_000}
+    with ServerProcess(profile, tmp_path / "db", sets, log_path=tmp_path / "s.log") as srv:
+        idle = psutil.Process(srv.pid).memory_info().rss
+        spec = LoadSpec(
+            url=srv.url,
+            steps=[{"connections": 10_000, "hold_s": 10}],
+            events_per_second=0,
+            connect_rate=1000,
+            scrape=[srv.url],
+            source_addrs=source_addrs(10_000),
+        )
+        run = read_run(run_load(spec, tmp_path / "idle", [u["token"] for u in users], quiet=True))
+    df = run.events
+    rss = df[(df["kind"] == "sample") & (df["name"] == "rss_bytes")]["value"].max()
+    live = int((df["kind"] == "connect_ok").sum())
+    per_conn_kb = (rss - idle) / live / 1e3 if live else float("nan")
+    report(
+        f"idle {profile}",
+        connections=live,
+        rss_mb=round(rss / 1e6),
+        per_connection_kb=round(per_conn_kb, 1),
+        target_kb=25,
+        errors=int((df["kind"] == "error").sum()),
+    )
+    assert live == 10_000
