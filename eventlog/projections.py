@@ -156,13 +156,22 @@ def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
     return total
 
 
-def benchmark_row(df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO()) -> dict:
-    """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health."""
+def benchmark_row(df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO(),
+                  steady_step: int | None = None) -> dict:
+    """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health.
+
+    Latency, CPU, throughput and error rate come from the steady step (``steady_step``, else the
+    manifest's ``steady_step``, else the last step); max stable connections and throughput from
+    the whole ramp; peak memory from the whole run.
+    """
     manifest = manifest or {}
     table = step_table(df, slo)
     best, lower_bound = max_stable(table)
     st = steps(df)
-    t0, t1 = (st["window_start"].iloc[-1], st["end"].iloc[-1]) if len(st) else (0.0, float(df["t"].max() or 0))
+    if steady_step is None:
+        steady_step = manifest.get("steady_step")
+    k = int(steady_step) if steady_step is not None and len(st) else len(st) - 1
+    t0, t1 = (st["window_start"].iloc[k], st["end"].iloc[k]) if len(st) else (0.0, float(df["t"].max() or 0))
     steady = window_stats(df, t0, t1)
     counts = df["kind"].value_counts()
     errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
@@ -189,7 +198,8 @@ def benchmark_row(df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO
         "run_id": manifest.get("run_id", ""),
         "source": manifest.get("source", ""),
         "profile": manifest.get("profile", ""),
-        "connections": int(st["target"].iloc[-1]) if len(st) else 0,
+        "steady_step": k,
+        "connections": int(st["target"].iloc[k]) if len(st) else 0,
         "max_stable_connections": best,
         "max_stable_is_lower_bound": lower_bound,
         "p50_ms": steady["p50_ms"],
@@ -199,7 +209,8 @@ def benchmark_row(df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO
         "push_p95_ms": steady["push_p95_ms"],
         "peak_memory_mb": peak_mb,
         "mean_cpu_pct": 100 * _node_rate(df, "cpu_seconds", t0, t1),
-        "error_rate_pct": 100 * errors / attempts if attempts else 0.0,
+        "error_rate_pct": 100 * steady["error_rate"],
+        "error_rate_run_pct": 100 * errors / attempts if attempts else 0.0,
         "throughput_eps": steady["throughput_eps"],
         "max_stable_throughput_eps": max_stable_throughput(table),
         "deliveries_per_s": steady["deliveries_per_s"],

@@ -18,17 +18,21 @@ def slo_of(manifest: dict) -> SLO:
     return SLO(p95_s=s.get("p95_ms", 120.0) / 1000.0, error_rate=s.get("error_rate_pct", 0.1) / 100.0)
 
 
-def summarize(run_dirs: list[Path]) -> dict:
-    """Benchmark row, step table and self-checks of each run, keyed by its label."""
+def summarize(run_dirs: list[Path], steady_step: int | None = None) -> dict:
+    """Benchmark row, step table and self-checks of each run, keyed by its label. The steady step is
+    ``steady_step``, else the scenario's ``workload.steady_step``, else the last step."""
     out = {}
     for d in run_dirs:
         run = read_run(d)
         slo = slo_of(run.manifest)
+        if steady_step is None:
+            steady_step = ((run.manifest.get("scenario") or {}).get("workload") or {}).get("steady_step")
+        run.manifest["steady_step"] = steady_step
         label = run.manifest.get("label") or run.manifest["run_id"]
         out[label] = {
             "run_id": run.run_id,
             "manifest": run.manifest,
-            "row": benchmark_row(run.events, run.manifest, slo),
+            "row": benchmark_row(run.events, run.manifest, slo, steady_step),
             "steps": step_table(run.events, slo),
             "checks": self_checks(run.events, run.manifest) if run.manifest["source"] == "measured" else [],
         }
@@ -128,7 +132,7 @@ def load_outputs(out_dir: Path | str) -> dict:
     def csv(name: str) -> pd.DataFrame:
         return pd.read_csv(out_dir / name) if (out_dir / name).exists() else pd.DataFrame()
 
-    summary = summarize(measured) if measured else {}
+    summary = summarize(measured, record.get("steady_step")) if measured else {}
     model = json.loads((out_dir / "model.json").read_text()) if (out_dir / "model.json").exists() else {}
     for label, path in (model.get("calibrations") or {}).items():
         p = Path(path)

@@ -26,7 +26,8 @@ def run_scenario(
     """Run every part of the scenario; returns the scenario's output folder under ``reports_root``."""
     out_dir = reports_root / sc.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"scenario": sc.name, "started_at": datetime.now(UTC).isoformat(), "measured": [], "simulated": []}
+    record = {"scenario": sc.name, "started_at": datetime.now(UTC).isoformat(), "measured": [], "simulated": [],
+              "steady_step": sc.workload.steady_step if sc.workload else None}
     measured: list[Path] = []
     if reuse:  # analyse measured runs again without measuring
         from eventlog import read_manifest
@@ -48,7 +49,7 @@ def run_scenario(
 
         record.update(simulate_scenario(sc, measured, runs_root, out_dir))
     if measured:
-        summary = summarize(measured)
+        summary = summarize(measured, record["steady_step"])
         write_tables(summary, out_dir)
         for label, s in summary.items():
             for c in s["checks"]:

@@ -60,6 +60,13 @@ class WorkloadSpec(Strict):
     churn_per_s: float = Field(0.0, ge=0)
     ack_timeout_s: float = Field(5.0, gt=0)
     workers: int = Field(1, ge=1, le=8)
+    steady_step: int | None = Field(None, ge=0, description="step the benchmark row reports (default: last)")
+
+    @model_validator(mode="after")
+    def _steady(self):
+        if self.steady_step is not None and self.steady_step >= len(self.steps):
+            raise ValueError(f"steady_step {self.steady_step} is past the last step (index {len(self.steps) - 1})")
+        return self
 
     @property
     def max_connections(self) -> int:

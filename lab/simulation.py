@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from eventlog import SLO, Run, benchmark_row, read_run, step_table, steps
@@ -242,7 +241,3 @@ def run_sweep(sc: Scenario, cals: dict, runs_root: Path, out_dir: Path) -> dict:
     return {
         "sweep": {"rows": len(df), "fewest_nodes_meeting_slo": fewest, "with_n_plus_1": fewest + 1 if fewest else None}
     }
-
-
-def usl_points(summary_steps: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    return summary_steps["target"].to_numpy(float), summary_steps["throughput_eps"].to_numpy(float)

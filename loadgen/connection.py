@@ -96,15 +96,26 @@ class Connection:
         else:
             await self.ws.send_str(data)
 
-    async def close(self) -> None:
-        if not self.ws.closed:
-            await self.ws.close()
-        if self.reader is not None and self.reader is not asyncio.current_task():
-            try:
-                await asyncio.wait_for(self.reader, 5)
-            except (TimeoutError, asyncio.CancelledError):
-                self.reader.cancel()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close handshake, then wait for the reader; a peer that does not answer in ``timeout``
+        seconds is aborted. Cancelling the caller still cancels it (never swallowed)."""
+        try:
+            async with asyncio.timeout(timeout):
+                if not self.ws.closed:
+                    await self.ws.close()
+                if self.reader is not None and self.reader is not asyncio.current_task():
+                    await asyncio.shield(self.reader)
+        except TimeoutError:
+            self.abort()
         self._finish("client close")
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once (an unresponsive server)."""
+        transport = getattr(getattr(self.ws, "_writer", None), "transport", None)
+        if transport is not None:
+            transport.abort()
+        if self.reader is not None and self.reader is not asyncio.current_task():
+            self.reader.cancel()
 
     def _finish(self, reason: str) -> None:
         if self.closed:

@@ -282,7 +282,7 @@ class Worker:
 
     async def churn(self) -> None:
         rate = self.spec.churn_per_s / self.spec.workers
-        while rate > 0:
+        while rate > 0 and self.sending:
             await asyncio.sleep(self.rng.expovariate(rate))
             up = [v for v in self.vconns.values() if v.up]
             if not up:
@@ -365,7 +365,8 @@ class Worker:
                 if vc.conn is not None and vc.up:
                     vc.planned_close = True
                     closing.append(vc.conn.close())
-            await asyncio.gather(*closing, return_exceptions=True)  # at once: an overloaded server is slow
+            # at once, each bounded: an overloaded server answers close handshakes late or never
+            await asyncio.gather(*closing, return_exceptions=True)
             if scraper is not None:
                 stop_scrape.set()
                 await scrape_task

@@ -106,7 +106,6 @@ class Simulation:
         self.dt = cal.flush_interval_s if cal.batching else 0.25
         n = wl.max_connections + 1
         self.live = np.zeros(n, bool)
-        self.ever = np.zeros(n, bool)
         self.company = np.array([wl.company_of(i) for i in range(n)], np.int32)
         self.node_of = np.arange(n) % nodes
         self.phase = self.r_arr.random(n)  # for fixed-rate arrivals
@@ -409,7 +408,6 @@ class Simulation:
                     )
                     continue
             self.live[cid] = True
-            self.ever[cid] = True
             self.connects_ok += 1
             rows.add(K["connect_ok"], done[j] + base, conn=cid, latency=done[j] + base - t)
 
