@@ -156,8 +156,9 @@ def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
     return total
 
 
-def benchmark_row(df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO(),
-                  steady_step: int | None = None) -> dict:
+def benchmark_row(
+    df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO(), steady_step: int | None = None
+) -> dict:
     """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health.
 
     Latency, CPU, throughput and error rate come from the steady step (``steady_step``, else the
@@ -274,7 +275,7 @@ TABLE_METRICS: dict[str, tuple[str, bool]] = {
     "mean_cpu_pct": ("CPU (% of one core)", True),
     "error_rate_pct": ("Error rate (%)", True),
     "max_stable_throughput_eps": ("Max throughput within SLO (acked/s)", False),
-    "throughput_eps": ("Event throughput, last step (acked/s)", False),
+    "throughput_eps": ("Event throughput, steady step (acked/s)", False),
     "deliveries_per_s": ("Room deliveries (/s)", False),
     "p99_ms": ("P99 latency (ms)", True),
     "connect_rate_per_s": ("Connect rate (/s)", False),

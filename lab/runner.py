@@ -26,8 +26,13 @@ def run_scenario(
     """Run every part of the scenario; returns the scenario's output folder under ``reports_root``."""
     out_dir = reports_root / sc.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"scenario": sc.name, "started_at": datetime.now(UTC).isoformat(), "measured": [], "simulated": [],
-              "steady_step": sc.workload.steady_step if sc.workload else None}
+    record = {
+        "scenario": sc.name,
+        "started_at": datetime.now(UTC).isoformat(),
+        "measured": [],
+        "simulated": [],
+        "steady_step": sc.workload.steady_step if sc.workload else None,
+    }
     measured: list[Path] = []
     if reuse:  # analyse measured runs again without measuring
         from eventlog import read_manifest

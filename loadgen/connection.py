@@ -57,7 +57,9 @@ class Connection:
         Pass the callbacks here: the server may push room events before its CONNECT reply.
         """
         ws_url = url.rstrip("/").replace("http://", "ws://", 1) + "/socket.io/?EIO=4&transport=websocket"
-        ws = await session.ws_connect(ws_url, autoping=False, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(timeout))
+        ws = await session.ws_connect(
+            ws_url, autoping=False, max_msg_size=0, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=timeout)
+        )
         conn = cls(ws)
         conn.on_event = on_event or conn.on_event
         conn.on_ack = on_ack or conn.on_ack

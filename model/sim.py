@@ -77,10 +77,13 @@ class Rows:
             self.chunks.append((n, cols))
 
     def columns(self) -> list[np.ndarray]:
-        out = []
-        for i, dtype in enumerate(self.DTYPES):
-            parts = [np.broadcast_to(np.asarray(c[i], dtype), (n,)) for n, c in self.chunks]
-            out.append(np.concatenate(parts) if parts else np.empty(0, dtype))
+        total = sum(n for n, _ in self.chunks)
+        out = [np.empty(total, dtype) for dtype in self.DTYPES]
+        pos = 0
+        for n, cols in self.chunks:
+            for column, value in zip(out, cols, strict=True):
+                column[pos : pos + n] = value  # a scalar broadcasts in place
+            pos += n
         return out
 
 
