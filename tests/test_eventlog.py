@@ -115,7 +115,9 @@ def test_steps_and_row_on_hand_made_log(tmp_path):
     assert row["max_stable_connections"] == 20 and row["max_stable_is_lower_bound"]
     assert row["peak_memory_mb"] == pytest.approx(120.0)
     assert row["mean_cpu_pct"] == pytest.approx(50.0)
-    assert row["error_rate_pct"] == pytest.approx(100 * 1 / (20 + 300))  # 20 connects + 300 sends
+    assert row["error_rate_pct"] == pytest.approx(100 / 140)  # the steady (last) step's window
+    assert row["error_rate_run_pct"] == pytest.approx(100 * 1 / (20 + 300))  # 20 connects + 300 sends
+    assert benchmark_row(run.events, run.manifest, SLO(p95_s=0.5), steady_step=0)["connections"] == 10
     ts = timeseries(run.events)
     assert ts["acks_per_s"].loc[15] == 20 and ts["connections"].loc[15] == 20
 
