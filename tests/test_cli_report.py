@@ -12,7 +12,7 @@ import pytest
 from pypdf import PdfReader
 
 from eventlog import benchmark_row, read_run
-from lab.results import load_outputs, summarize
+from lab.results import load_outputs
 from lab.servers import ServerProcess, create_users
 from lab.tables import fmt
 
@@ -154,7 +154,19 @@ def test_calibrate_simulate_runs_commands(tiny_outputs, tmp_path):
     assert res.returncode == 0 and res.stdout.count("simulated") == 2
 
 
-def test_summaries_are_the_same_projection_for_both_sources(tiny_outputs):
+def test_measured_and_simulated_runs_project_to_the_same_row(tiny_outputs):
     out, _ = tiny_outputs
-    summary = summarize(load_outputs(out)["measured"])
-    assert all(set(s["row"]) == set(next(iter(summary.values()))["row"]) for s in summary.values())
+    outputs = load_outputs(out)
+    measured = benchmark_row(*_events_and_manifest(outputs["measured"][0]))
+    sim_id = json.loads((out / "runs.json").read_text())["simulated"][0]
+    sim_dir = next(p for p in (out.parent.parent / "runs").iterdir() if p.name == Path(sim_id).name)
+    run = read_run(sim_dir)
+    assert run.manifest["source"] == "simulated"
+    simulated = benchmark_row(run.events, run.manifest)
+    assert set(measured) == set(simulated)
+    assert simulated["acks"] > 0 and simulated["peak_memory_mb"] > 0 and simulated["mean_cpu_pct"] > 0
+
+
+def _events_and_manifest(run_dir):
+    run = read_run(run_dir)
+    return run.events, run.manifest
