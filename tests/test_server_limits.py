@@ -112,3 +112,15 @@ async def test_expired_token_still_cached_is_refused_after_expiry(start_server):
     await asyncio.sleep(1.2)
     with pytest.raises(ConnectRefused, match="expired"):
         await Client.connect(server.url, short["token"])
+
+
+async def test_memory_critical_refuses_new_connections(start_server):
+    """A threshold far below the process's RSS: the monitor says critical, new connections are refused."""
+    sets = {"memory_threshold": 1_000_000, "metrics_interval_ms": 100}
+    server, users = start_server("optimized", companies=1, users=2, sets=sets)
+    await asyncio.sleep(0.4)  # a few monitor samples
+    with pytest.raises(ConnectRefused, match="memory is critical"):
+        await Client.connect(server.url, users[0]["token"])
+    health = await metrics(server.url)
+    assert health["memory"]["status"] == "critical"
+    assert health["counters"]["refusals"]["memory_critical"] == 1
