@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,16 @@ class EventWriter:
     """
 
     def __init__(
-        self, run_dir: Path | str, writer: str, t0: float | None = None, flush_rows: int = 500_000, flush_s: float = 1.0
+        self,
+        run_dir: Path | str,
+        writer: str,
+        t0: float | None = None,
+        flush_rows: int = 500_000,
+        flush_s: float = 1.0,
+        background: bool = False,
     ) -> None:
+        """``background``: build and write parts on a thread (an event loop's caller must not stall
+        on compression and file I/O); parts keep their order and are still renamed into place whole."""
         self.dir = Path(run_dir) / "events"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.writer = writer
@@ -37,6 +46,8 @@ class EventWriter:
         self.rows = 0
         self.last_flush = time.monotonic()
         self.names: dict[str, int] = {}
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"eventlog-{writer}") if background else None
+        self.pending: list[Future] = []
         self._clear()
 
     def _clear(self) -> None:
@@ -94,11 +105,16 @@ class EventWriter:
         names = [None] * len(self.names)
         for n, i in self.names.items():
             names[i] = n
-        table = self._table(
-            self.t, self.kind, self.conn, self.node, self.name, self.latency, self.nbytes, self.value, names
-        )
+        cols = (self.t, self.kind, self.conn, self.node, self.name, self.latency, self.nbytes, self.value)
         self._clear()
-        self._write_table(table)
+        if self.pool is None:
+            self._write_table(self._table(*cols, names))
+            return
+        seq, self.seq = self.seq, self.seq + 1
+        self.rows += len(cols[0])
+        self.last_flush = time.monotonic()
+        self.pending = [f for f in self.pending if not f.done() or f.result() is not None]
+        self.pending.append(self.pool.submit(self._write_part, self._table, cols, names, seq))
 
     def _table(self, t, kind, conn, node, name, latency_s, nbytes, value, names) -> pa.Table:
         kind_arr = pa.DictionaryArray.from_arrays(pa.array(np.asarray(kind, np.int8)), _KIND_DICT)
@@ -117,17 +133,27 @@ class EventWriter:
             schema=SCHEMA,
         )
 
-    def _write_table(self, table: pa.Table) -> None:
-        path = self.dir / f"part-{self.writer}-{self.seq:06d}.parquet"
+    def _write_part(self, build, cols, names, seq: int) -> None:
+        table = build(*cols, names)
+        path = self.dir / f"part-{self.writer}-{seq:06d}.parquet"
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
+
+    def _write_table(self, table: pa.Table) -> None:
+        self._write_part(lambda *_: table, (), None, self.seq)
         self.seq += 1
         self.rows += table.num_rows
         self.last_flush = time.monotonic()
 
     def close(self) -> None:
+        """Flush, and with a background writer wait for every part (raising a write's error)."""
         self.flush()
+        if self.pool is not None:
+            for f in self.pending:
+                f.result()
+            self.pool.shutdown(wait=True)
+            self.pending = []
 
     def __enter__(self) -> EventWriter:
         return self

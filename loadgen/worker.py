@@ -65,7 +65,7 @@ class Worker:
             raise ValueError("no tokens: pass the JSON lines of `python -m server users`")
         self.spec = spec
         self.wid = worker_id
-        self.writer = EventWriter(run_dir, f"gen{worker_id}", t0)
+        self.writer = EventWriter(run_dir, f"gen{worker_id}", t0, background=True)
         self.rng = random.Random(spec.seed * 7919 + worker_id)
         self.vconns = {
             cid: VConn(cid, tokens[cid % len(tokens)], cid % len(spec.source_addrs))
