@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
-from eventlog import WARMUP_RULE, read_run, timeseries
+from eventlog import WARMUP_RULE, timeseries
 
 from .results import before_after, load_outputs
 from .tables import fmt
@@ -53,7 +53,7 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
     """Write ``<out_dir>/report.pdf`` (or ``pdf_path``) from the scenario outputs in ``out_dir``."""
     out_dir = Path(out_dir)
     out = load_outputs(out_dir)
-    record, model, measured, summary = out["record"], out["model"], out["measured"], out["summary"]
+    record, model, summary = out["record"], out["model"], out["summary"]
     labels = list(summary)
     capacity, validation = out["capacity"], out["validation"]
     pdf_path = Path(pdf_path) if pdf_path else out_dir / "report.pdf"
@@ -64,7 +64,7 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
         if summary or not capacity.empty:
             latency_page(pdf, summary, capacity)
         if summary:
-            resources_page(pdf, measured)
+            resources_page(pdf, [s["run"] for s in summary.values()])
         if len(labels) > 2:
             ablation_page(pdf, summary, labels)
         if model:
@@ -156,11 +156,10 @@ def latency_page(pdf, summary, capacity) -> None:
     plt.close(fig)
 
 
-def resources_page(pdf, measured) -> None:
+def resources_page(pdf, runs) -> None:
     fig = _page(pdf, "CPU, memory and event-loop lag (measured, per second)")
     axes = [fig.add_axes([0.1, y, 0.82, 0.24]) for y in (0.64, 0.36, 0.08)]
-    for d in measured:
-        run = read_run(d)
+    for run in runs:
         ts = timeseries(run.events)
         label = f"{run.manifest.get('label', '')} [{run.run_id[-6:]}]"
         for ax, col in zip(axes, ("cpu_pct", "rss_mb", "loop_lag_ms"), strict=True):

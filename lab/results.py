@@ -31,6 +31,7 @@ def summarize(run_dirs: list[Path], steady_step: int | None = None) -> dict:
         label = run.manifest.get("label") or run.manifest["run_id"]
         out[label] = {
             "run_id": run.run_id,
+            "run": run,
             "manifest": run.manifest,
             "row": benchmark_row(run.events, run.manifest, slo, steady_step),
             "steps": step_table(run.events, slo),
@@ -141,7 +142,7 @@ def load_outputs(out_dir: Path | str) -> dict:
         "record": record,
         "measured": measured,
         "summary": summary,
-        "runs": {k: read_run(p) for k, p in zip(summary, measured, strict=True)},
+        "runs": {k: v["run"] for k, v in summary.items()},
         "capacity": csv("capacity.csv"),
         "validation": csv("validation.csv"),
         "sweep": csv("sweep.csv"),

@@ -14,6 +14,7 @@ from model.calibrate import calibrate
 from model.usl import fit_usl
 from model.validate import bands_text, validate
 
+from .runner import log
 from .scenario import Scenario
 
 CAPACITY_METRICS = (
@@ -26,12 +27,6 @@ CAPACITY_METRICS = (
     "error_rate_pct",
     "max_stable_connections",
 )
-
-
-def log(msg: str) -> None:
-    import sys
-
-    print(f"[caplab] {msg}", file=sys.stderr, flush=True)
 
 
 def slo_of(sc: Scenario) -> SLO:
