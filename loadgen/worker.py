@@ -44,7 +44,7 @@ def raise_fd_limit() -> int:
 class VConn:
     """A virtual client: its id, token, live connection and acks in flight."""
 
-    __slots__ = ("addr", "conn", "id", "pending", "planned_close", "room", "token", "up")
+    __slots__ = ("addr", "conn", "epoch", "id", "pending", "planned_close", "room", "token", "up")
 
     def __init__(self, cid: int, token: str, addr: int) -> None:
         self.id = cid
@@ -55,6 +55,7 @@ class VConn:
         self.up = False
         self.planned_close = False
         self.room: str | None = None
+        self.epoch = 0  # bumped on every (re)connect: heap entries of an older connection are dropped
 
 
 class Worker:
@@ -77,7 +78,7 @@ class Worker:
             cid: VConn(cid, tokens[cid % len(tokens)], cid % len(spec.source_addrs))
             for cid in range(worker_id, spec.max_connections, spec.workers)
         }
-        self.heap: list[tuple[float, int]] = []
+        self.heap: list[tuple[float, int, int]] = []  # (intended time, connection id, its epoch)
         self.rate = spec.rate_per_connection
         total = sum(spec.mix.values())
         acc, self.mix = 0.0, []
@@ -107,7 +108,7 @@ class Worker:
     def reschedule(self, now: float) -> None:
         """A new rate takes effect at once: every pending next send is drawn again from ``now``
         (exact for Poisson arrivals, which are memoryless; a fresh phase for fixed rates)."""
-        self.heap[:] = [(self.first_send(now), cid) for _, cid in self.heap]  # in place: sender holds it
+        self.heap[:] = [(self.first_send(now), cid, ep) for _, cid, ep in self.heap]  # in place: sender holds it
         heapq.heapify(self.heap)
 
     def pick(self) -> str:
@@ -151,7 +152,10 @@ class Worker:
         for r in range(self.spec.rooms_per_connection):
             vc.room = f"room{(vc.id + r) % 8}"
             await self.send(vc, "join", vc.room, now)
-        heapq.heappush(self.heap, (self.first_send(now), vc.id))
+        # one schedule per virtual client: a reconnect starts a new one and retires the old entry,
+        # which would otherwise stay in the heap and double this client's rate after every churn
+        vc.epoch += 1
+        heapq.heappush(self.heap, (self.first_send(now), vc.id, vc.epoch))
 
     def url_of(self, vc: VConn) -> str:
         nodes = self.spec.nodes
@@ -233,16 +237,16 @@ class Worker:
             for _ in range(500):  # then yield, so that readers are not starved
                 if not heap or heap[0][0] > now_fn():
                     break
-                t_int, cid = heapq.heappop(heap)
+                t_int, cid, epoch = heapq.heappop(heap)
                 vc = vconns[cid]
-                if not vc.up:
-                    continue  # dropped; a reconnect schedules it again
+                if not vc.up or epoch != vc.epoch:
+                    continue  # dropped, or an older connection's schedule; a reconnect schedules anew
                 name = self.pick()
                 payload = {"t": t_int, "p": self.pad}
                 if name == "chat" and self.spec.chat_to == "room":
                     payload["room"] = vc.room
                 await self.send(vc, name, payload, t_int)
-                heapq.heappush(heap, (t_int + self.gap(), cid))
+                heapq.heappush(heap, (t_int + self.gap(), cid, epoch))
             await asyncio.sleep(0)
 
     async def sweeper(self) -> None:

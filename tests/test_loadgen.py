@@ -147,3 +147,25 @@ def test_refused_connections_are_logged(server, tmp_path):
     assert len(fails) == 3 and fails["name"].astype(str).str.contains("user connection limit").all()
     with urllib.request.urlopen(srv.url + "/socket-metrics") as r:
         assert json.load(r)["counters"]["refusals"]["limit_user"] == 3
+
+
+def test_churn_keeps_the_offered_rate(server, tmp_path):
+    """Reconnecting clients keep one schedule each: the offered rate stays the configured one.
+
+    (A reconnect used to leave its old schedule in the heap, so every churned client then sent at
+    twice its rate and the offered load crept up with the run.)"""
+    srv, tokens = server("baseline")
+    spec = spec_for(
+        srv.url,
+        steps=[{"connections": 100, "hold_s": 8}],
+        events_per_second=200,
+        mix={"echo": 1},
+        churn_per_s=25,  # 200 reconnects: with the old bug, about twice the rate by the end
+        arrival="fixed",
+    )
+    run = read_run(run_load(spec, tmp_path / "runs", tokens, quiet=True))
+    df = run.events
+    assert (df["kind"] == "disconnect").sum() >= 100 + 150  # the churn happened (100 closes at the end)
+    sends = df[(df["kind"] == "send") & (df["name"] == "echo")]
+    late = sends[sends["t"] >= sends["t"].max() - 4]  # the last 4 s, after most of the churn
+    assert len(late) / 4 == pytest.approx(200, rel=0.08)
