@@ -99,7 +99,9 @@ def summary_page(pdf, record, model, summary, capacity, labels) -> None:
         lines += [
             "",
             f"Simulated ({label}, calibrated model): one node holds {cap['connections_per_node']} connections "
-            f"at {cap['events_per_connection']:.2f} events/s each; nodes needed with N+1 headroom -> {nodes}.",
+            f"at {cap['events_per_connection']:.2f} events/s each (least of its simulated ramps: "
+            f"{cap.get('connections_per_node_each_replication', [cap['connections_per_node']])}); "
+            f"nodes needed with N+1 headroom -> {nodes}.",
         ]
     if len(labels) >= 2:
         _, claims = before_after(summary, labels[0], labels[-1])

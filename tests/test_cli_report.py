@@ -82,6 +82,11 @@ def test_run_writes_tables_calibrations_and_capacity(tiny_outputs):
         assert (out / name).exists(), name
     model = json.loads((out / "model.json").read_text())
     assert set(model["capacity"]) == {"baseline", "optimized"}
+    for cap in model["capacity"].values():
+        # the node capacity is what held in every simulated ramp, not one lucky ramp
+        each = cap["connections_per_node_each_replication"]
+        assert len(each) == 2  # the tiny scenario's replications
+        assert cap["connections_per_node"] == min(each)
 
 
 def test_report_text_holds_the_values_computed_from_the_runs(tiny_outputs):
