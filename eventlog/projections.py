@@ -146,6 +146,16 @@ def _samples(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return s[["t", "node", "value"]]
 
 
+def peak_memory_mb(rss: pd.DataFrame) -> float:
+    """Highest total RSS over all nodes: each node's highest sample per second, carried forward over
+    seconds where it has none, summed across nodes. (Summing raw samples by rounded time counted a
+    node twice whenever two of its samples, ~1 s apart, rounded to the same second.)"""
+    if rss.empty:
+        return float("nan")
+    per = rss.assign(b=np.floor(rss["t"]).astype(np.int64)).groupby(["b", "node"])["value"].max().unstack("node")
+    return float(per.sort_index().ffill().sum(axis=1).max() / 1e6)
+
+
 def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
     """Sum over nodes of the counter's increase per second within [t0, t1]."""
     total = 0.0
@@ -178,8 +188,7 @@ def benchmark_row(
     errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
     attempts = sum(int(counts.get(k, 0)) for k in ATTEMPT_KINDS)
 
-    rss = _samples(df, "rss_bytes")
-    peak_mb = float(rss.groupby(rss["t"].round(0))["value"].sum().max() / 1e6) if len(rss) else float("nan")
+    peak_mb = peak_memory_mb(_samples(df, "rss_bytes"))
     lag = _samples(df, "loop_lag_max_s")
     lag = lag[(lag["t"] >= t0) & (lag["t"] <= t1)]["value"]
     oks = df[df["kind"] == "connect_ok"]["t"]

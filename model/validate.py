@@ -34,9 +34,9 @@ def server_by_step(run: Run) -> pd.DataFrame:
         for _, g in w[w["name"] == "cpu_seconds"].groupby("node"):
             if len(g) >= 2:
                 cpu += 100 * (g["value"].iloc[-1] - g["value"].iloc[0]) / (g["t"].iloc[-1] - g["t"].iloc[0])
-        rss = w[w["name"] == "rss_bytes"].groupby("t")["value"].sum()
+        rss = w[w["name"] == "rss_bytes"].groupby("node")["value"].mean()  # each node's mean, summed
         rows.append(
-            {"step": st.step, "cpu_pct": cpu if cpu else np.nan, "memory_mb": rss.mean() / 1e6 if len(rss) else np.nan}
+            {"step": st.step, "cpu_pct": cpu if cpu else np.nan, "memory_mb": rss.sum() / 1e6 if len(rss) else np.nan}
         )
     return pd.DataFrame(rows)
 

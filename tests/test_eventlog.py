@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from eventlog import (
@@ -25,6 +26,7 @@ from eventlog import (
     step_table,
     timeseries,
 )
+from eventlog.projections import peak_memory_mb
 
 
 def test_round_trip(tmp_path):
@@ -162,3 +164,15 @@ def test_compare_and_claims():
         before, {**after, "max_stable_connections": 1000, "max_stable_is_lower_bound": True}, tested_connections=1000
     ).set_index("key")
     assert capped.loc["max_stable_connections", "verdict"] == "not measurable here"
+
+
+def test_peak_memory_counts_each_node_once():
+    """The scraper's last sample, taken at stop, often lands in the same second as the one before;
+    the peak is the highest total over nodes, never one node counted twice."""
+    t = np.append(np.arange(20) + 0.2, 19.7)  # once a second, then the final scrape 0.5 s later
+    one = pd.DataFrame({"t": t, "node": 0, "value": 1e8 + 1e6 * np.append(np.arange(20), 20)})
+    assert peak_memory_mb(one) == pytest.approx(120.0)
+    # two nodes sampled at different instants: their values at the same time add up
+    other = pd.DataFrame({"t": t + 0.5, "node": 1, "value": 5e7})
+    assert peak_memory_mb(pd.concat([one, other])) == pytest.approx(170.0)
+    assert np.isnan(peak_memory_mb(one.iloc[:0]))
