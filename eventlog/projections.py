@@ -8,7 +8,9 @@ One code path for measured and simulated runs. Rules, stated once:
   ``settle = max(1 s, 25 % of the step)``.
 - Latency: ``ack`` and ``push`` rows, placed in a window by their intended send time
   (``t - latency_s``); percentiles are nearest-rank over every sample, never averaged.
-- Errors: ``connect_fail + timeout + reject + error`` over ``connect_start + send``.
+- Errors: ``connect_fail + timeout + reject + error`` over ``connect_start + send``, each error
+  placed in a window by the time of the attempt it ends (``t - latency_s`` where the row has one:
+  timeouts, refused connects, rejects; its own ``t`` otherwise), as attempts are by theirs.
 - A step holds when p95 <= SLO p95, error rate <= SLO error rate and at least 99 % of its target
   connections were live; max stable connections is the target of the last step of the leading
   run of steps that held; max stable throughput is the highest acked rate of any step that held.
@@ -84,7 +86,9 @@ def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
     in_win = df[(df["t"] >= t0) & (df["t"] < t1)]
     counts = in_win["kind"].value_counts()
     lat = _latencies(df, t0, t1)
-    errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
+    err = df[df["kind"].isin(ERROR_KINDS)]
+    tried = err["t"].to_numpy() - np.nan_to_num(err["latency_s"].to_numpy(float), nan=0.0)
+    errors = int(((tried >= t0) & (tried < t1)).sum())
     attempts = sum(int(counts.get(k, 0)) for k in ATTEMPT_KINDS)
     span = max(t1 - t0, 1e-9)
     return {

@@ -134,15 +134,15 @@ class Worker:
                 on_close=lambda reason: self.on_close(vc, reason),
             )
         except ConnectRefused as exc:
-            w.row("connect_fail", w.now(), conn=vc.id, name=f"refused: {exc}"[:120])
+            w.row("connect_fail", w.now(), conn=vc.id, name=f"refused: {exc}"[:120], latency_s=w.now() - t_int)
             self.counts["err"] += 1
             return
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            w.row("connect_fail", w.now(), conn=vc.id, name=type(exc).__name__)
+            w.row("connect_fail", w.now(), conn=vc.id, name=type(exc).__name__, latency_s=w.now() - t_int)
             self.counts["err"] += 1
             return
         except Exception as exc:  # a generator bug must show in the log, not vanish in a task
-            w.row("connect_fail", w.now(), conn=vc.id, name=f"generator_bug: {exc!r}"[:120])
+            w.row("connect_fail", w.now(), conn=vc.id, name=f"generator_bug: {exc!r}"[:120], latency_s=w.now() - t_int)
             self.counts["err"] += 1
             self.bugs += 1
             return
@@ -258,9 +258,9 @@ class Worker:
                 if not vc.pending:
                     continue
                 late = [(a, e) for a, e in vc.pending.items() if now - e[0] > timeout]
-                for ack_id, (_t_int, name) in late:
+                for ack_id, (t_int, name) in late:
                     del vc.pending[ack_id]
-                    self.writer.row("timeout", now, conn=vc.id, name=name)
+                    self.writer.row("timeout", now, conn=vc.id, name=name, latency_s=now - t_int)
                     self.counts["err"] += 1
             self.writer.maybe_flush()
 

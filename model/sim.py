@@ -349,7 +349,7 @@ class Simulation:
         lat = d + base - t
         ok = lat <= timeout
         rows.add(K["ack"], (d + base)[ok], conn=conn[ok], name=names[ok], latency=lat[ok], nbytes=self.wl.payload_bytes)
-        rows.add(K["timeout"], (t + timeout)[~ok], conn=conn[~ok], name=names[~ok])
+        rows.add(K["timeout"], (t + timeout)[~ok], conn=conn[~ok], name=names[~ok], latency=timeout)
         # room deliveries made by the handler itself (no batching): spread over the fan-out
         for j in np.flatnonzero(k == EV_CHAT):
             company = self.company[conn[j]]
@@ -400,6 +400,7 @@ class Simulation:
                         done[j] + base,
                         conn=cid,
                         name=NAME["refused: server connection limit reached"],
+                        latency=done[j] + base - t,
                     )
                     continue
                 if int((self.live & (self.company == company)).sum()) >= cal.max_per_company:
@@ -408,6 +409,7 @@ class Simulation:
                         done[j] + base,
                         conn=cid,
                         name=NAME["refused: company connection limit reached"],
+                        latency=done[j] + base - t,
                     )
                     continue
             self.live[cid] = True

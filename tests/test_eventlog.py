@@ -22,11 +22,12 @@ from eventlog import (
     create_run,
     finish_run,
     percentile,
+    read_events,
     read_run,
     step_table,
     timeseries,
 )
-from eventlog.projections import peak_memory_mb
+from eventlog.projections import peak_memory_mb, window_stats
 
 
 def test_round_trip(tmp_path):
@@ -176,3 +177,19 @@ def test_peak_memory_counts_each_node_once():
     other = pd.DataFrame({"t": t + 0.5, "node": 1, "value": 5e7})
     assert peak_memory_mb(pd.concat([one, other])) == pytest.approx(170.0)
     assert np.isnan(peak_memory_mb(one.iloc[:0]))
+
+
+def test_errors_count_in_the_window_of_their_attempt(tmp_path):
+    """A timeout is detected seconds after its send: it belongs to the send's window, so a window
+    after an overload never shows more errors than attempts (it read 128 % before)."""
+    w = EventWriter(tmp_path, "gen0", t0=0.0)
+    for i in range(10):
+        w.row("send", 5.0 + i / 100, conn=i, name="echo", latency_s=0.0)
+        w.row("timeout", 10.5 + i / 100, conn=i, name="echo", latency_s=5.5)
+    for i in range(2):
+        w.row("send", 12.0 + i, conn=i, name="echo", latency_s=0.0)
+        w.row("ack", 12.01 + i, conn=i, name="echo", latency_s=0.01)
+    w.close()
+    df = read_events(tmp_path)
+    assert window_stats(df, 0, 10)["error_rate"] == 1.0
+    assert window_stats(df, 10, 20)["error_rate"] == 0.0
