@@ -8,7 +8,9 @@ One code path for measured and simulated runs. Rules, stated once:
   ``settle = max(1 s, 25 % of the step)``.
 - Latency: ``ack`` and ``push`` rows, placed in a window by their intended send time
   (``t - latency_s``); percentiles are nearest-rank over every sample, never averaged.
-- Errors: ``connect_fail + timeout + reject + error`` over ``connect_start + send``, each error
+- Errors: ``connect_fail + timeout + reject + error`` over ``connect_start + send + error`` (an
+  ``error`` row, a dropped connection or a send that failed, is a failed attempt with no row of its
+  own, so it counts on both sides and the rate stays a fraction even when everything fails), each error
   placed in a window by the time of the attempt it ends (``t - latency_s`` where the row has one:
   timeouts, refused connects, rejects; its own ``t`` otherwise), as attempts are by theirs.
 - A step holds when p95 <= SLO p95, error rate <= SLO error rate and at least 99 % of its target
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 ERROR_KINDS = ("connect_fail", "timeout", "reject", "error")
-ATTEMPT_KINDS = ("connect_start", "send")
+ATTEMPT_KINDS = ("connect_start", "send", "error")
 WARMUP_RULE = "each step counts from max(1 s, 25 % of its hold) after its connection ramp ends"
 
 
