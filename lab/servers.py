@@ -96,6 +96,9 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # say where it hung before killing it: the server dumps every stack on SIGUSR1
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(0.5)
                 self.proc.kill()
                 self.proc.wait(5)
         if self.proc.stdout and not self.proc.stdout.closed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import signal
@@ -62,7 +63,9 @@ async def serve(settings) -> None:
     from .app import LabServer
 
     lab = LabServer(settings)
-    runner = web.AppRunner(lab.app, handle_signals=False, access_log=None)
+    # a stuck websocket handler holds aiohttp's shutdown for up to shutdown_timeout (60 s by default);
+    # lab runs close their clients first, so anything still open after 3 s is cut
+    runner = web.AppRunner(lab.app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
     await site.start()
@@ -70,6 +73,7 @@ async def serve(settings) -> None:
     print(f"listening on http://{settings.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to stderr
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

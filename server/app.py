@@ -147,6 +147,7 @@ class LabServer:
             self.gc_tuning = tune_gc()
 
     async def _stop(self, app: web.Application) -> None:
+        await self.sio.shutdown()  # engine.io's ping service task
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)

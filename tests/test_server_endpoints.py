@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 
 import aiohttp
 import pytest
@@ -110,3 +112,14 @@ async def test_malformed_packets_close_only_the_offender(start_server):
     _, m = await get(server.url, "/socket-metrics")
     assert m["counters"]["errors"].get("malformed_packet", 0) >= 2
     await good.close()
+
+
+def test_sigusr1_dumps_stacks_and_server_lives_on(start_server):
+    """What a hung shutdown leaves in the log: ServerProcess.stop sends SIGUSR1 before killing."""
+    server, _ = start_server("baseline")
+    server.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while "File " not in server.log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "File " in server.log_path.read_text()
+    assert server.proc.poll() is None
