@@ -134,16 +134,13 @@ class Worker:
                 on_close=lambda reason: self.on_close(vc, reason),
             )
         except ConnectRefused as exc:
-            w.row("connect_fail", w.now(), conn=vc.id, name=f"refused: {exc}"[:120], latency_s=w.now() - t_int)
-            self.counts["err"] += 1
+            self.connect_failed(vc, t_int, f"refused: {exc}")
             return
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
-            w.row("connect_fail", w.now(), conn=vc.id, name=type(exc).__name__, latency_s=w.now() - t_int)
-            self.counts["err"] += 1
+            self.connect_failed(vc, t_int, type(exc).__name__)
             return
         except Exception as exc:  # a generator bug must show in the log, not vanish in a task
-            w.row("connect_fail", w.now(), conn=vc.id, name=f"generator_bug: {exc!r}"[:120], latency_s=w.now() - t_int)
-            self.counts["err"] += 1
+            self.connect_failed(vc, t_int, f"generator_bug: {exc!r}")
             self.bugs += 1
             return
         now = w.now()
@@ -156,6 +153,11 @@ class Worker:
         # which would otherwise stay in the heap and double this client's rate after every churn
         vc.epoch += 1
         heapq.heappush(self.heap, (self.first_send(now), vc.id, vc.epoch))
+
+    def connect_failed(self, vc: VConn, t_int: float, reason: str) -> None:
+        now = self.writer.now()  # the row's age places the error at its attempt (see projections)
+        self.writer.row("connect_fail", now, conn=vc.id, name=reason[:120], latency_s=now - t_int)
+        self.counts["err"] += 1
 
     def url_of(self, vc: VConn) -> str:
         nodes = self.spec.nodes
@@ -323,14 +325,10 @@ class Worker:
                 w.row("sample", start, name="step", value=float(target))
                 w.row("sample", start, name="step_eps", value=self.rate * target)
             mine = [c for c in order if c < target][opened:]
-            i = 0
-            while i < len(mine):  # every connect that is due, then sleep to the next one
-                now = w.now()
-                while i < len(mine) and start + i / per_worker_rate <= now:
-                    self.spawn_open(self.vconns[mine[i]], start + i / per_worker_rate)
-                    i += 1
-                if i < len(mine):
-                    await self.sleep_until(start + i / per_worker_rate)
+            for i, cid in enumerate(mine):  # sleep_until returns at once for connects already due
+                t_int = start + i / per_worker_rate
+                await self.sleep_until(t_int)
+                self.spawn_open(self.vconns[cid], t_int)
             opened += len(mine)
             await self.sleep_until(hold)
             if self.wid == 0:

@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 
-from eventlog import EventWriter, benchmark_row, read_events, read_run, steps
+from eventlog import SLO, EventWriter, benchmark_row, read_events, read_run, step_table, steps
 from eventlog.schema import KIND_INDEX
 from lab.measure import source_addrs
 from lab.servers import ServerProcess, create_users
@@ -218,28 +218,22 @@ def test_server_echo_and_broadcast(tmp_path, profile):
     sets = {"metrics_interval_ms": 1000, "max_per_company": 20_000, "max_connections": 20_000}
     tokens = [u["token"] for u in users]
     with ServerProcess(profile, tmp_path / "db", sets, log_path=tmp_path / "s.log") as srv:
-        steps = [{"connections": 2000, "hold_s": 8, "events_per_second": r} for r in (1000, 2500, 5000, 7500)]
-        spec = LoadSpec(
-            url=srv.url,
-            steps=steps,
-            events_per_second=1000,
-            mix={"echo": 1.0},
-            connect_rate=500,
-            scrape=[srv.url],
-            source_addrs=source_addrs(2000),
-        )
-        echo = read_run(run_load(spec, tmp_path / "echo", tokens, quiet=True))
-        spec = LoadSpec(
-            url=srv.url,
-            steps=[{"connections": 2000, "hold_s": 15}],
-            events_per_second=1.0,
-            mix={"chat": 1.0},
-            connect_rate=500,
-            scrape=[srv.url],
-            source_addrs=source_addrs(2000),
-        )
-        chat = read_run(run_load(spec, tmp_path / "chat", tokens, quiet=True))
-    from eventlog import SLO, step_table
+
+        def measure(name: str, load_steps: list[dict], events_per_second: float, mix: dict):
+            spec = LoadSpec(
+                url=srv.url,
+                steps=load_steps,
+                events_per_second=events_per_second,
+                mix=mix,
+                connect_rate=500,
+                scrape=[srv.url],
+                source_addrs=source_addrs(2000),
+            )
+            return read_run(run_load(spec, tmp_path / name, tokens, quiet=True))
+
+        rates = [{"connections": 2000, "hold_s": 8, "events_per_second": r} for r in (1000, 2500, 5000, 7500)]
+        echo = measure("echo", rates, 1000, {"echo": 1.0})
+        chat = measure("chat", [{"connections": 2000, "hold_s": 15}], 1.0, {"chat": 1.0})
 
     table = step_table(echo.events, SLO())
     best = table[table["p95_ms"] < 120]["throughput_eps"].max()
