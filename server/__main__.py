@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import faulthandler
 import json
-import logging
 import signal
 import sys
 
@@ -70,10 +69,11 @@ async def serve(settings) -> None:
     site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
+    # `kill -USR1`: every thread's stack to stderr; registered before anyone is told the port (no race)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     print(f"listening on http://{settings.host}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to stderr
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .logs import install
+
+    install(settings.log_level)  # one line per record, capped per kind: bad input cannot flood the log
     loop_factory = None
     if settings.toggles.uvloop:
         import uvloop

@@ -10,7 +10,9 @@ import time
 
 import socketio
 from aiohttp import web
+from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
+from socketio import packet as sio_packet
 
 from . import http
 from .auth import Authenticator
@@ -18,40 +20,145 @@ from .batching import Batcher
 from .db import Database
 from .events import Handlers, SocketState
 from .fanout import LabManager, LabRedisManager
-from .limits import BanList, ConnectionLimiter
+from .guard import EVENT_TYPES, PacketRejected, StrictPacket, event_name
+from .limits import BanList, ConnectionLimiter, ConnectRate, LimitExceeded, PendingSessions
 from .memory import GcMonitor, LoopLagMonitor, MemoryMonitor, tune_gc
 from .metrics import Metrics
 from .settings import Settings
-from .transport import LeanSocket
+from .transport import GuardedSocket, LeanSocket
 
 RECEIVED: contextvars.ContextVar[float] = contextvars.ContextVar("received")
 log = logging.getLogger("server")
 
 
 class SioServer(socketio.AsyncServer):
-    """``AsyncServer`` that times each event from receipt and survives malformed packets."""
+    """``AsyncServer`` that checks every packet before python-socketio acts on it, and times events.
+
+    Strict JSON (no NaN/Infinity), no reserved event names from the wire, capped binary
+    attachments, and one token-bucket charge per inbound packet (``rate_limit``). A refused packet
+    gets an error ack when it asked for one, or closes that client only when it cannot be parsed.
+    """
 
     lab: LabServer
 
     async def _handle_eio_message(self, eio_sid, data):
         token = RECEIVED.set(time.perf_counter())
         try:
-            await super()._handle_eio_message(eio_sid, data)
-        except Exception as exc:  # a packet python-socketio cannot decode: close that client only
-            kind = "malformed_packet"
-            self.lab.metrics.errors.labels(kind=kind).inc()
-            log.info("closing %s after %s: %r", eio_sid, kind, exc)
-            self._binary_packet.pop(eio_sid, None)
-            await self.eio.disconnect(eio_sid)
+            await self._dispatch(eio_sid, data)
+        except PacketRejected as exc:
+            await self.lab.reject(eio_sid, exc)
+        except Exception as exc:  # a failure inside a handler: counted as such, the client keeps its connection
+            self.lab.metrics.errors.labels(kind="handler_error").inc()
+            log.warning("handler error for %s: %s: %s", eio_sid, type(exc).__name__, str(exc)[:200])
         finally:
             RECEIVED.reset(token)
 
+    async def _dispatch(self, eio_sid, data):
+        lab = self.lab
+        state = lab.state_of(eio_sid)
+        if state is not None and state.bucket is not None and not state.bucket.take(time.monotonic()):
+            return await self._rate_limited(eio_sid, state, data)
+        binary = self._binary_packet.get(eio_sid)
+        if binary is not None:
+            return await self._attachment(eio_sid, binary, data)
+        if not isinstance(data, str):
+            raise PacketRejected("malformed_packet", "binary frame with no packet announcing it", close=True)
+        pkt = self.packet_class()
+        try:
+            pkt.attachment_count = pkt.decode(data) or 0
+        except PacketRejected as exc:
+            exc.packet = pkt
+            raise
+        kind = pkt.packet_type
+        if kind in EVENT_TYPES:
+            try:
+                event_name(pkt)
+            except PacketRejected as exc:
+                exc.packet = pkt
+                raise
+        if kind == sio_packet.CONNECT:
+            await self._connect(eio_sid, pkt)
+        elif kind == sio_packet.DISCONNECT:
+            await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+        elif kind == sio_packet.EVENT:
+            await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind == sio_packet.ACK:
+            await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+        elif kind in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
+            if not self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/"):
+                raise PacketRejected("malformed_packet", "binary packet before CONNECT", close=True)
+            pkt.pending_bytes = 0
+            self._binary_packet[eio_sid] = pkt
+        else:
+            raise PacketRejected("malformed_packet", f"packet type {kind!r} is not sent by clients", close=True)
+
+    async def _attachment(self, eio_sid, pkt, data):
+        if not isinstance(data, bytes):
+            raise PacketRejected("malformed_packet", "text frame where a binary attachment was due", close=True)
+        pkt.pending_bytes += len(data)
+        if pkt.pending_bytes > self.max_attachment_bytes:
+            raise PacketRejected(
+                "attachment_bytes", f"attachments over {self.max_attachment_bytes} bytes in one packet", close=True
+            )
+        if pkt.add_attachment(data):
+            del self._binary_packet[eio_sid]
+            if pkt.packet_type == sio_packet.BINARY_EVENT:
+                await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+            else:
+                await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
+
+    async def _connect(self, eio_sid, pkt):
+        lab = self.lab
+        if lab.pending is None:
+            return await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        pending = lab.pending
+        waiting = pending.take(eio_sid)  # out of the pending count while its own CONNECT is checked
+        if waiting is not None and waiting[2]:  # a retry costs another auth lookup: it pays like a new session
+            try:
+                lab.connect_rate.admit(waiting[1])
+            except LimitExceeded as exc:
+                lab.metrics.refusals.labels(reason=exc.code).inc()
+                raise PacketRejected(exc.code, exc.reason, close=True) from None
+        try:
+            await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
+        finally:
+            connected = self.manager.sid_from_eio_sid(eio_sid, "/") in lab.sockets
+            if waiting is not None and not connected and eio_sid in self.eio.sockets:
+                pending.restore(eio_sid, *waiting)  # refused: still pending, its deadline still runs
+
+    async def _rate_limited(self, eio_sid, state, data):
+        """Every inbound packet pays the bucket; a refused event that asked for an ack gets one."""
+        reply = await self.lab.handlers.rate_limited(state)
+        if isinstance(data, str) and data[:1] == "2":
+            pkt = self.packet_class()
+            try:
+                pkt.decode(data)
+            except PacketRejected:
+                return
+            if pkt.id is not None:
+                await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, [reply], pkt.namespace, pkt.id))
+        elif self._binary_packet.pop(eio_sid, None) is not None:
+            pass  # the rest of that binary packet is dropped with it
+
     async def _handle_eio_connect(self, eio_sid, environ):
-        if self.lab.settings.toggles.lean_transport:
-            sock = self.eio.sockets.get(eio_sid)
-            if type(sock) is AsyncSocket:  # created by engine.io just now; its transport starts after this
-                sock.__class__ = LeanSocket
+        lab = self.lab
+        sock = self.eio.sockets.get(eio_sid)
+        if type(sock) is AsyncSocket:  # created by engine.io just now; its transport starts after this
+            (LeanSocket if lab.settings.toggles.lean_transport else GuardedSocket).adopt(sock, lab)
+        if lab.pending is not None:
+            ip = client_ip(environ)
+            try:
+                lab.admit_session(ip)
+            except LimitExceeded as exc:
+                lab.metrics.refusals.labels(reason=exc.code).inc()
+                return {"message": exc.reason, "code": exc.code}  # engine.io answers HTTP 401 with it
+            lab.pending.add(eio_sid, ip)
         return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid, reason):
+        if self.lab.pending is not None:
+            self.lab.pending.done(eio_sid)
+        return await super()._handle_eio_disconnect(eio_sid, reason)
 
     async def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
         await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
@@ -59,6 +166,11 @@ class SioServer(socketio.AsyncServer):
         if id is not None:
             metrics.packets_out.inc()
         metrics.observe_latency(time.perf_counter() - RECEIVED.get(time.perf_counter()))
+
+
+def client_ip(environ: dict) -> str:
+    request = environ.get("aiohttp.request")
+    return (request.remote if request is not None else None) or environ.get("REMOTE_ADDR", "?")
 
 
 class LabServer:
@@ -77,6 +189,10 @@ class LabServer:
         self.auth = Authenticator(self.db, s.token_cache_ttl_s if t.token_cache else None, self.redis)
         self.limiter = ConnectionLimiter(s.max_connections, s.max_per_company, s.max_per_user, s.max_per_ip)
         self.bans = BanList()
+        # Engine.IO sessions awaiting their Socket.IO CONNECT, and the accept rate (None: not limited)
+        self.pending = PendingSessions(s.connect_timeout_s) if t.conn_limits else None
+        self.limiter.pending = self.pending
+        self.connect_rate = ConnectRate(s.connect_rate_per_ip, s.connect_burst_per_ip, s.accept_rate)
         self.sockets: dict[str, SocketState] = {}
         self.disconnect_reasons: dict[str, str] = {}
         self.memory = MemoryMonitor(s.memory_threshold, s.degraded_ratio, s.critical_ratio, self.metrics)
@@ -91,8 +207,13 @@ class LabServer:
         manager = LabRedisManager(s.redis_url, channel=s.redis_channel) if s.redis_url else LabManager()
         manager.metrics = self.metrics
         manager.fast_fanout = t.fast_fanout
+        # a packet class of this node's own: the attachment cap is a setting (rate_limit; else engine.io's)
+        packet_class = type(
+            "NodePacket", (StrictPacket,), {"max_attachments": s.max_attachments if t.rate_limit else 10**10}
+        )
         self.sio = SioServer(
             client_manager=manager,
+            serializer=packet_class,
             async_mode="aiohttp",
             async_handlers=not t.inline_handlers,
             ping_interval=s.heartbeat_s,
@@ -103,6 +224,7 @@ class LabServer:
             engineio_logger=s.debug,
         )
         self.sio.lab = self
+        self.sio.max_attachment_bytes = s.max_payload_bytes if t.rate_limit else float("inf")
         if t.inline_handlers:
             self.sio.eio.async_handlers = False
         if t.batching:
@@ -111,7 +233,8 @@ class LabServer:
             )
         else:
             self.batcher = None
-        Handlers(self).register(self.sio)
+        self.handlers = Handlers(self)
+        self.handlers.register(self.sio)
         self.app = web.Application()
         self.sio.attach(self.app)
         if s.monitoring:
@@ -126,12 +249,63 @@ class LabServer:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    async def kick(self, sid: str) -> None:
-        """Disconnect a client and close its transport (a namespace disconnect alone leaves it open)."""
+    def state_of(self, eio_sid: str) -> SocketState | None:
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        return self.sockets.get(sid) if sid is not None else None
+
+    def drop(self, sid: str, reason: str) -> None:
+        """Disconnect a client now, its disconnect counted under ``reason``."""
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        await self.sio.disconnect(sid)
         if eio_sid is not None:
-            await self.sio.eio.disconnect(eio_sid)
+            self.drop_eio(eio_sid, reason)
+
+    def drop_eio(self, eio_sid: str, reason: str) -> None:
+        """Close an Engine.IO session without waiting on its peer (it may not be reading)."""
+        sock = self.sio.eio.sockets.get(eio_sid)
+        if sock is None or sock.closed or sock.closing:
+            return
+        sid = self.sio.manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is not None:
+            self.disconnect_reasons[sid] = reason
+            if reason != "slow_client":  # a Socket.IO DISCONNECT first: clients do not auto-reconnect after it
+                sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, str(sio_packet.DISCONNECT)))
+        else:
+            self.metrics.disconnects.labels(reason=reason).inc()  # no Socket.IO session: counted here
+        self.spawn(sock.close(wait=False, abort=reason == "slow_client"))
+
+    def admit_session(self, ip: str) -> None:
+        """A new Engine.IO session from ``ip``: connect rate, then pending + live against the limits."""
+        s = self.settings
+        self.connect_rate.admit(ip)
+        # refused here only when sessions still pending fill the limit: a client over it with none
+        # pending reaches its CONNECT and is told why there, as every Socket.IO client understands
+        pending = self.pending
+        if pending.by_ip[ip] and self.limiter.by_ip[ip] + pending.by_ip[ip] >= s.max_per_ip:
+            raise LimitExceeded("limit_ip", "ip connection limit reached (sessions awaiting CONNECT)")
+        if pending.deadline and self.limiter.total + len(pending.deadline) >= s.max_connections:
+            raise LimitExceeded("limit_total", "server connection limit reached (sessions awaiting CONNECT)")
+
+    async def reject(self, eio_sid: str, exc: PacketRejected) -> None:
+        """Count a refused packet by its cause; answer it, or close that client only."""
+        self.metrics.errors.labels(kind=exc.kind).inc()
+        log.warning("refused packet from %s: %s: %s", eio_sid, exc.kind, exc.detail)
+        pkt = getattr(exc, "packet", None)
+        if exc.close:
+            self.sio._binary_packet.pop(eio_sid, None)
+            self.drop_eio(eio_sid, "protocol_error")
+        elif pkt is not None and pkt.id is not None and pkt.packet_type in EVENT_TYPES:
+            reply = {"error": exc.kind, "detail": exc.detail}
+            await self.sio._send_packet(eio_sid, self.sio.packet_class(sio_packet.ACK, [reply], pkt.namespace, pkt.id))
+
+    async def _pending_loop(self) -> None:
+        """Close Engine.IO sessions that never completed a Socket.IO CONNECT in time."""
+        period = min(1.0, self.settings.connect_timeout_s / 2)
+        while True:
+            await asyncio.sleep(period)
+            for eio_sid in self.pending.expired():
+                self.pending.done(eio_sid)
+                self.metrics.refusals.labels(reason="connect_timeout").inc()
+                self.drop_eio(eio_sid, "connect_timeout")
 
     async def _start(self, app: web.Application) -> None:
         self.gc_monitor.install()
@@ -141,6 +315,8 @@ class LabServer:
         self.spawn(self._metrics_loop())
         if self.batcher is not None:
             self.spawn(self.batcher.run())
+        if self.pending is not None:
+            self.spawn(self._pending_loop())
         if self.settings.toggles.cleanup:
             self.spawn(self._cleanup_loop())
         if self.settings.toggles.gc_tuning:

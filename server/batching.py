@@ -14,13 +14,13 @@ batched: they go out as soon as the handler returns.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import zlib
 from collections.abc import Callable, Iterable
 
 from engineio import packet as eio_packet
 
+from .guard import dumps
 from .metrics import Metrics
 
 Deliver = Callable[[str, list[eio_packet.Packet]], bool]
@@ -28,7 +28,7 @@ Deliver = Callable[[str, list[eio_packet.Packet]], bool]
 
 def encode_entry(event: str, args: list) -> str:
     """One batch entry as JSON text, encoded once however many recipients get it."""
-    return json.dumps([event, *args], separators=(",", ":"))
+    return dumps([event, *args])  # strict: never NaN/Infinity, which no JSON client can parse
 
 
 def batch_packets(entries: list[str], compression_threshold: int) -> list[eio_packet.Packet]:

@@ -7,6 +7,7 @@ token, so no client can address another company's room.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,18 @@ from .limits import LimitExceeded, TokenBucket
 if TYPE_CHECKING:
     from .app import LabServer
 
-ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+log = logging.getLogger("server.events")
+ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" would let "name\n" through
+# disconnect reasons are metric labels: a closed set (python-socketio's reasons and the server's own)
+DISCONNECT_REASONS = frozenset(
+    {
+        *(v for k, v in vars(socketio.AsyncServer.reason).items() if k.isupper()),
+        "flood",
+        "slow_client",
+        "protocol_error",
+        "connect_timeout",
+    }
+)
 
 
 class BadArgument(Exception):
@@ -71,7 +83,7 @@ def room_name(state: SocketState, arg: object) -> str:
         raise BadArgument('room must be a string name or {"room": name}')
     if ":" in arg:
         raise CrossTenant("room names may not contain ':' (internal room names are not addressable)")
-    if not ROOM_NAME.match(arg):
+    if not ROOM_NAME.fullmatch(arg):
         raise BadArgument("room name must be 1-64 characters of A-Z a-z 0-9 _ . -")
     return arg
 
@@ -114,6 +126,13 @@ class Handlers:
         except LimitExceeded as exc:
             lab.metrics.refusals.labels(reason=exc.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
+        except UnicodeError:  # e.g. a token holding a lone surrogate: not a token anyone was given
+            lab.metrics.refusals.labels(reason="auth_invalid").inc()
+            raise socketio.exceptions.ConnectionRefusedError("invalid token") from None
+        except Exception as exc:  # a failed dependency: refused with a reason, counted as what it is
+            lab.metrics.errors.labels(kind="connect_error").inc()
+            log.warning("connect failed: %s: %s", type(exc).__name__, str(exc)[:200])
+            raise socketio.exceptions.ConnectionRefusedError("server error during connect; retry") from None
         lab.limiter.add(user.company, user.id, ip)
         bucket = TokenBucket(s.event_rate, s.event_burst) if s.toggles.rate_limit else None
         lab.sockets[sid] = SocketState(sid, user.company, user.id, ip, time.time(), bucket)
@@ -130,7 +149,8 @@ class Handlers:
         state.connected = False
         lab.limiter.remove(state.company, state.user, state.ip)
         lab.metrics.connections.dec()
-        lab.metrics.disconnects.labels(reason=lab.disconnect_reasons.pop(sid, str(reason))).inc()
+        reason = lab.disconnect_reasons.pop(sid, reason)
+        lab.metrics.disconnects.labels(reason=reason if reason in DISCONNECT_REASONS else "other").inc()
         if lab.settings.toggles.cleanup:
             del lab.sockets[sid]
 
@@ -145,9 +165,7 @@ class Handlers:
             state = lab.sockets.get(sid)
             if state is None or not state.connected:
                 return {"error": "not connected"}
-            state.events += 1
-            if state.bucket is not None and not state.bucket.take(time.monotonic()):
-                return await self.rate_limited(state)
+            state.events += 1  # the token bucket was charged on receipt (SioServer), for every packet
             try:
                 return await fn(state, *args)
             except BadArgument as exc:
@@ -157,6 +175,10 @@ class Handlers:
                 lab.metrics.errors.labels(kind="cross_tenant").inc()
                 lab.metrics.refusals.labels(reason="cross_tenant").inc()
                 return {"error": "cross_tenant", "detail": str(exc)}
+            except Exception as exc:  # a bug or a failed dependency: this event fails, the client stays
+                lab.metrics.errors.labels(kind="handler_error").inc()
+                log.warning("%s handler failed: %s: %s", name, type(exc).__name__, str(exc)[:200])
+                return {"error": "server_error", "detail": f"{name} failed on the server"}
             finally:
                 lab.metrics.handler_seconds.inc(time.perf_counter() - t0)
 
@@ -172,8 +194,7 @@ class Handlers:
             state.kicked = True
             lab.metrics.refusals.labels(reason="flood_disconnect").inc()
             lab.bans.ban(state.ip, s.ban_s)
-            lab.disconnect_reasons[state.sid] = "flood"
-            lab.spawn(lab.kick(state.sid))
+            lab.drop(state.sid, "flood")
         return {"error": "rate_limited", "detail": f"over {s.event_rate:g} events/s"}
 
     async def on_echo(self, state: SocketState, *args):
@@ -189,7 +210,7 @@ class Handlers:
         await self.lab.sio.emit(
             "chat", {"from": {"company": state.company, "user": state.user}, "data": payload}, room=room
         )
-        return {"ok": True}
+        return self.lab.sio.manager.delivery_ack()  # {"ok": True}, plus local_only when no other node got it
 
     async def on_join(self, state: SocketState, arg=None, *rest):
         name = room_name(state, arg)

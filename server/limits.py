@@ -19,21 +19,23 @@ class LimitExceeded(Exception):
 class ConnectionLimiter:
     """Counts live connections by scope and refuses those over a limit."""
 
-    def __init__(self, max_total: int, max_company: int, max_user: int, max_ip: int) -> None:
+    def __init__(self, max_total: int, max_company: int, max_user: int, max_ip: int, pending=None) -> None:
         self.max_total, self.max_company, self.max_user, self.max_ip = max_total, max_company, max_user, max_ip
+        self.pending: PendingSessions | None = pending  # sessions awaiting CONNECT count against total and IP
         self.total = 0
         self.by_company: Counter[int] = Counter()
         self.by_user: Counter[int] = Counter()
         self.by_ip: Counter[str] = Counter()
 
     def check(self, company: int, user: int, ip: str) -> None:
-        if self.total >= self.max_total:
+        waiting = self.pending
+        if self.total + (len(waiting.deadline) if waiting else 0) >= self.max_total:
             raise LimitExceeded("limit_total", "server connection limit reached")
         if self.by_company[company] >= self.max_company:
             raise LimitExceeded("limit_company", "company connection limit reached")
         if self.by_user[user] >= self.max_user:
             raise LimitExceeded("limit_user", "user connection limit reached")
-        if self.by_ip[ip] >= self.max_ip:
+        if self.by_ip[ip] + (waiting.by_ip[ip] if waiting else 0) >= self.max_ip:
             raise LimitExceeded("limit_ip", "ip connection limit reached")
 
     def add(self, company: int, user: int, ip: str) -> None:
@@ -120,3 +122,73 @@ class BanList:
         for ip in dead:
             del self.until[ip]
         return len(dead)
+
+
+class ConnectRate:
+    """Admission of new Engine.IO sessions: a token bucket per IP and one for the whole node."""
+
+    def __init__(self, per_ip: float, burst_per_ip: float, total: float) -> None:
+        self.per_ip, self.burst_per_ip = per_ip, burst_per_ip
+        self.total = TokenBucket(total, max(1.0, total))
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def admit(self, ip: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        bucket = self.buckets.get(ip)
+        if bucket is None:
+            if len(self.buckets) >= 100_000:
+                self.sweep(now)
+            bucket = self.buckets[ip] = TokenBucket(self.per_ip, self.burst_per_ip, stamp=now)
+        if not bucket.take(now):
+            raise LimitExceeded("connect_rate_ip", f"over {self.per_ip:g} new connections/s from this address")
+        if not self.total.take(now):
+            raise LimitExceeded("accept_budget", "server is accepting too many connections; retry with backoff")
+
+    def sweep(self, now: float | None = None) -> int:
+        """Forget buckets that have refilled (an idle IP needs no state)."""
+        now = time.monotonic() if now is None else now
+        full = [ip for ip, b in self.buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
+        for ip in full:
+            del self.buckets[ip]
+        return len(full)
+
+
+class PendingSessions:
+    """Engine.IO sessions that have not completed the Socket.IO CONNECT yet, with their deadlines."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.deadline: dict[str, float] = {}  # eio sid -> monotonic deadline
+        self.ip: dict[str, str] = {}
+        self.by_ip: Counter[str] = Counter()
+        self.attempted: set[str] = set()
+
+    def add(self, eio_sid: str, ip: str) -> None:
+        self.restore(eio_sid, time.monotonic() + self.timeout_s, ip, False)
+
+    def restore(self, eio_sid: str, deadline: float, ip: str, attempted: bool = True) -> None:
+        self.deadline[eio_sid] = deadline
+        self.ip[eio_sid] = ip
+        self.by_ip[ip] += 1
+        if attempted:
+            self.attempted.add(eio_sid)
+
+    def take(self, eio_sid: str) -> tuple[float, str, bool] | None:
+        """Remove a session; return (deadline, ip, whether it had tried a CONNECT before) or None."""
+        deadline = self.deadline.pop(eio_sid, None)
+        if deadline is None:
+            return None
+        attempted = eio_sid in self.attempted
+        self.attempted.discard(eio_sid)
+        ip = self.ip.pop(eio_sid)
+        self.by_ip[ip] -= 1
+        if self.by_ip[ip] <= 0:
+            del self.by_ip[ip]
+        return deadline, ip, attempted
+
+    def done(self, eio_sid: str) -> None:
+        self.take(eio_sid)
+
+    def expired(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        return [sid for sid, d in self.deadline.items() if d <= now]

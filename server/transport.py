@@ -1,23 +1,138 @@
-"""A leaner Engine.IO websocket loop for the ``lean_transport`` toggle.
+"""Engine.IO sockets of the reference server: validated frames, prompt closes, bounded send queues.
 
-python-engineio's ``AsyncSocket._websocket_handler`` reads every message through a new task and an
-``asyncio.wait_for`` (its dead-client timeout). The server's service task already closes sockets
-whose pongs stop (``check_ping_timeout``), which also ends this read, so here each message is one
-plain ``await ws.wait()``. Upgrades from long-polling keep the stock path.
+``GuardedSocket`` (every profile) fixes what python-engineio leaves to the peer:
+
+- a frame that is not Engine.IO (empty, ``7``, ``a``...) closes that client with one counted,
+  rate-limited log line instead of two tracebacks;
+- a socket the server closes drops its websocket at once (stock engine.io keeps the descriptor
+  until the next read times out, about 45 s for a peer that says nothing);
+- with ``outbound`` limits (the ``conn_limits`` toggle) the send queue is bounded in messages and
+  bytes: a client that does not read is dropped with reason ``slow_client`` instead of growing the
+  server's memory with its company's traffic (the slow-client backpressure engine.io lacks).
+
+``LeanSocket`` (the ``lean_transport`` toggle): python-engineio's ``_websocket_handler`` reads
+every message through a new task and an ``asyncio.wait_for`` (its dead-client timeout). The
+server's service task already closes sockets whose pongs stop (``check_ping_timeout``), which also
+ends this read, so here each message is one plain ``await ws.wait()``. Upgrades from long-polling
+keep the stock path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from engineio import exceptions, packet
 from engineio.async_socket import AsyncSocket
 
+if TYPE_CHECKING:
+    from .app import LabServer
 
-class LeanSocket(AsyncSocket):
+log = logging.getLogger("server.transport")
+ABORT_AFTER_S = 1.0  # a closed socket's CLOSE packet gets this long to leave before the TCP connection is cut
+
+
+def frame_ok(data: object) -> bool:
+    """An Engine.IO frame: binary, or text starting with a packet type 0-6 (or ``b``, base64 binary)."""
+    if isinstance(data, (bytes, bytearray)):
+        return True
+    return isinstance(data, str) and data != "" and data[0] in "0123456b"
+
+
+class Outbox(asyncio.Queue):
+    """The send queue of one socket, bounded in messages and bytes; overflow calls ``on_overflow`` once."""
+
+    def __init__(self, max_messages: int, max_bytes: int, on_overflow: Callable[[], None]) -> None:
+        super().__init__()
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.on_overflow = on_overflow
+        self.bytes = 0
+        self.overflowed = False
+
+    def put_nowait(self, item) -> None:
+        if item is not None:
+            if self.overflowed:
+                return
+            size = len(item.encode()) if item.packet_type == packet.MESSAGE else 8  # encode() is cached
+            # the bound is on backlog: one packet larger than it still goes out to a client that keeps up
+            if self.qsize() >= self.max_messages or (self.bytes + size > self.max_bytes and self.qsize()):
+                self.overflowed = True
+                self.on_overflow()
+                return
+            self.bytes += size
+        super().put_nowait(item)
+
+    def get_nowait(self):
+        item = super().get_nowait()
+        if item is not None and item.packet_type == packet.MESSAGE:
+            self.bytes = max(0, self.bytes - len(item.encode()))
+        return item
+
+
+class GuardedSocket(AsyncSocket):
+    lab: LabServer
+    ws = None
+
+    @classmethod
+    def adopt(cls, sock: AsyncSocket, lab: LabServer) -> None:
+        """Turn engine.io's new socket into this class (before its transport starts)."""
+        sock.__class__ = cls
+        sock.lab = lab
+        s = lab.settings
+        if s.toggles.conn_limits:
+            old, sock.queue = sock.queue, Outbox(
+                s.max_outbound_messages, s.max_outbound_bytes, lambda: lab.drop_eio(sock.sid, "slow_client")
+            )
+            while not old.empty():  # the OPEN packet engine.io queued already
+                sock.queue.put_nowait(old.get_nowait())
+
+    def reject_frame(self, data: object) -> None:
+        self.lab.metrics.errors.labels(kind="malformed_frame").inc()
+        log.warning("closing %s: not an Engine.IO frame: %r", self.sid, str(data)[:40])
+
+    async def receive(self, pkt):
+        if not 0 <= pkt.packet_type <= packet.NOOP:
+            self.reject_frame(str(pkt.packet_type))
+            await self.close(wait=False, abort=True)
+            raise exceptions.SocketIsClosedError()
+        return await super().receive(pkt)
+
+    async def close(self, wait=True, abort=False, reason=None):
+        was_closed = self.closed
+        await super().close(wait=False, abort=abort, reason=reason)  # never wait on a peer that does not read
+        if not was_closed:
+            self.queue.put_nowait(None)  # ends the writer, which closes the websocket
+            self.abort_later(0.0 if abort else ABORT_AFTER_S)
+
+    def abort_later(self, delay: float) -> None:
+        request = self.ws.environ.get("aiohttp.request") if self.ws is not None else None
+        transport = request.transport if request is not None else None
+        if transport is not None:
+            asyncio.get_running_loop().call_later(delay, transport.abort)
+
+    async def _websocket_handler(self, ws):
+        self.ws = ws
+        wait = ws.wait
+
+        async def checked_wait():  # the stock loop decodes outside its try: a bad frame would escape as a traceback
+            data = await wait()
+            if not frame_ok(data):
+                self.reject_frame(data)
+                return None  # the stock loop ends as for a peer that closed
+            return data
+
+        ws.wait = checked_wait
+        return await super()._websocket_handler(ws)
+
+
+class LeanSocket(GuardedSocket):
     async def _websocket_handler(self, ws):
         if self.connected:  # an upgrade from polling: the stock handshake
             return await super()._websocket_handler(ws)
+        self.ws = ws
         self.connected = True
         self.upgraded = True
         server = self.server
@@ -46,18 +161,23 @@ class LeanSocket(AsyncSocket):
                 break
             if data is None or len(data) > max_size:
                 break
+            if not frame_ok(data):
+                self.reject_frame(data)
+                break
             try:
                 pkt = packet.Packet(encoded_packet=data)
             except ValueError:
-                break  # not Engine.IO: close this client only
+                self.reject_frame(data)
+                break
             try:
                 await self.receive(pkt)
             except exceptions.UnknownPacketError:
                 pass
             except exceptions.SocketIsClosedError:
                 break
-            except Exception:
-                server.logger.exception("receive error")
+            except Exception as exc:
+                self.lab.metrics.errors.labels(kind="handler_error").inc()
+                log.warning("receive error on %s: %s: %s", self.sid, type(exc).__name__, str(exc)[:200])
         await self.queue.put(None)
         await writer_task
         await self.close(wait=False, abort=True, reason=server.reason.CLIENT_DISCONNECT)
