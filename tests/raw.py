@@ -112,10 +112,13 @@ class RawPeer:
     async def send(self, frame: str | bytes) -> None:
         if self.ws.closed:
             return
-        if isinstance(frame, bytes):
-            await self.ws.send_bytes(frame)
-        else:
-            await self.ws.send_str(frame)
+        try:
+            if isinstance(frame, bytes):
+                await self.ws.send_bytes(frame)
+            else:
+                await self.ws.send_str(frame)
+        except (ConnectionError, aiohttp.ClientError):
+            pass  # the server closed it (what the caller checks with ``closed``)
 
     async def call(self, ack_id: int, frame: str, timeout: float = 5.0):
         """Send ``frame`` (which must carry ``ack_id``) and return the ack's arguments."""
