@@ -235,7 +235,8 @@ class LabServer:
             self.batcher = None
         self.handlers = Handlers(self)
         self.handlers.register(self.sio)
-        self.app = web.Application()
+        # new sessions over the connect rate are refused before engine.io sees them: a storm costs little
+        self.app = web.Application(middlewares=[self._admission] if t.conn_limits else [])
         self.sio.attach(self.app)
         if s.monitoring:
             http.add_routes(self.app, self)
@@ -274,9 +275,8 @@ class LabServer:
         self.spawn(sock.close(wait=False, abort=reason == "slow_client"))
 
     def admit_session(self, ip: str) -> None:
-        """A new Engine.IO session from ``ip``: connect rate, then pending + live against the limits."""
+        """A new Engine.IO session from ``ip`` (its connect rate paid already): pending + live against the limits."""
         s = self.settings
-        self.connect_rate.admit(ip)
         # refused here only when sessions still pending fill the limit: a client over it with none
         # pending reaches its CONNECT and is told why there, as every Socket.IO client understands
         pending = self.pending
@@ -284,6 +284,19 @@ class LabServer:
             raise LimitExceeded("limit_ip", "ip connection limit reached (sessions awaiting CONNECT)")
         if pending.deadline and self.limiter.total + len(pending.deadline) >= s.max_connections:
             raise LimitExceeded("limit_total", "server connection limit reached (sessions awaiting CONNECT)")
+
+    @web.middleware
+    async def _admission(self, request: web.Request, handler):
+        """HTTP 429 for a new Engine.IO session over its IP's connect rate or the node's accept budget."""
+        if request.path.startswith("/socket.io") and "sid" not in request.query:
+            try:
+                self.connect_rate.admit(request.remote or "?")
+            except LimitExceeded as exc:
+                self.metrics.refusals.labels(reason=exc.code).inc()
+                return web.json_response(
+                    {"message": exc.reason, "code": exc.code}, status=429, headers={"Retry-After": "1"}
+                )
+        return await handler(request)
 
     async def reject(self, eio_sid: str, exc: PacketRejected) -> None:
         """Count a refused packet by its cause; answer it, or close that client only."""

@@ -217,7 +217,7 @@ async def test_connect_rate_per_ip(start_server):
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.5", 0))) as s:
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await s.ws_connect(ws_url(server.url))
-    assert refused.value.status == 401
+    assert refused.value.status == 429
     other = await Client.connect(server.url, users[0]["token"], local_addr="127.0.0.6")  # another address is served
     assert (await metrics(server.url))["counters"]["refusals"]["connect_rate_ip"] == 1
     await other.close()
