@@ -1,7 +1,7 @@
 """The run format every part of the lab shares: schema, manifest, writer, reader, projections, claims."""
 
 from .claims import SEED_CLAIMS, Claim, check_claims
-from .manifest import create_run, finish_run, read_manifest, update_manifest
+from .manifest import ManifestError, create_run, finish_run, read_manifest, update_manifest
 from .projections import (
     SLO,
     WARMUP_RULE,
@@ -15,7 +15,7 @@ from .projections import (
     timeseries,
     window_stats,
 )
-from .reader import Run, TornPartWarning, read_events, read_run
+from .reader import ForeignPartWarning, Run, SkippedPartWarning, TornPartWarning, read_events, read_run
 from .schema import COLUMNS, KINDS, SCHEMA, SCHEMA_VERSION
 from .writer import EventWriter
 
@@ -29,7 +29,10 @@ __all__ = [
     "WARMUP_RULE",
     "Claim",
     "EventWriter",
+    "ForeignPartWarning",
+    "ManifestError",
     "Run",
+    "SkippedPartWarning",
     "TornPartWarning",
     "benchmark_row",
     "check_claims",

@@ -15,6 +15,10 @@ from .schema import SCHEMA_VERSION
 STATUSES = ("running", "complete", "aborted")
 
 
+class ManifestError(ValueError):
+    """A run folder whose ``manifest.json`` is missing, unreadable or not a manifest (names the file)."""
+
+
 def machine() -> dict:
     """Cores, memory and CPU model of this machine (recorded in every manifest)."""
     model = platform.processor() or ""
@@ -62,7 +66,22 @@ def write_manifest(run_dir: Path, manifest: dict) -> None:
 
 
 def read_manifest(run_dir: Path | str) -> dict:
-    return json.loads((Path(run_dir) / "manifest.json").read_text())
+    """The run's manifest; :class:`ManifestError` (one line, naming the file) if it cannot be read."""
+    path = Path(run_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            f"{path}: not valid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); truncated or damaged?"
+        ) from None
+    missing = [k for k in ("run_id", "source", "status") if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise ManifestError(f"{path}: not a run manifest (no {', '.join(missing)})")
+    return manifest
 
 
 def create_run(

@@ -14,8 +14,21 @@ from .manifest import read_manifest
 from .schema import SCHEMA
 
 
-class TornPartWarning(UserWarning):
-    """A part file that could not be read (a writer died while writing it) was skipped."""
+class SkippedPartWarning(UserWarning):
+    """A part file was left out of the run; the message names the file and why."""
+
+
+class TornPartWarning(SkippedPartWarning):
+    """A part file that could not be read (a writer died while writing it, or it was cut) was skipped."""
+
+
+class ForeignPartWarning(SkippedPartWarning):
+    """A part whose columns are not the schema's was skipped (a stray file, another tool or version).
+
+    Skipped rather than refusing the run: every writer writes whole parts of exactly ``SCHEMA``, so a
+    part with other columns was not written by this run's writers, and one stray file must not make
+    the others unreadable; the warning names the file and the columns so it is never silent.
+    """
 
 
 @dataclass
@@ -29,14 +42,43 @@ class Run:
         return self.manifest["run_id"]
 
 
+def schema_mismatch(schema: pa.Schema) -> str | None:
+    """How a part's schema differs from ``SCHEMA`` (None if it does not)."""
+    extra = [n for n in schema.names if n not in SCHEMA.names]
+    missing = [n for n in SCHEMA.names if n not in schema.names]
+    if extra or missing:
+        parts = []
+        if extra:
+            parts.append(f"column(s) {', '.join(map(repr, extra))} not in the schema")
+        if missing:
+            parts.append(f"no column(s) {', '.join(map(repr, missing))}")
+        return "; ".join(parts)
+    wrong = [
+        f"{f.name!r} is {f.type}, expected {SCHEMA.field(f.name).type}"
+        for f in schema
+        if f.type != SCHEMA.field(f.name).type
+    ]
+    return "; ".join(wrong) or None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def read_table(run_dir: Path | str) -> pa.Table:
-    """All readable parts as one Arrow table (unsorted); torn parts are skipped with a warning."""
+    """All readable parts as one Arrow table (unsorted). Torn parts (``TornPartWarning``) and parts
+    whose columns are not the schema's (``ForeignPartWarning``) are skipped with a warning."""
     tables = []
     for part in sorted((Path(run_dir) / "events").glob("part-*.parquet")):
         try:
-            tables.append(pq.read_table(part, schema=SCHEMA))
-        except (pa.ArrowInvalid, OSError) as exc:
-            warnings.warn(f"skipped torn part {part.name}: {exc}", TornPartWarning, stacklevel=2)
+            mismatch = schema_mismatch(pq.read_schema(part))
+            if mismatch is None:
+                tables.append(pq.read_table(part, schema=SCHEMA))
+        except (pa.ArrowException, OSError) as exc:
+            warnings.warn(f"skipped torn part {part.name}: {_one_line(exc)}", TornPartWarning, stacklevel=2)
+            continue
+        if mismatch is not None:
+            warnings.warn(f"skipped part {part.name}: {mismatch}", ForeignPartWarning, stacklevel=2)
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables).unify_dictionaries()

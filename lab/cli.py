@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .errors import UsageError
+from .errors import UsageError, one_line
+
+if TYPE_CHECKING:
+    from eventlog import Run
 
 
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
@@ -33,28 +38,61 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
-    from eventlog import benchmark_row, read_manifest, read_run
-
-    from .tables import format_row
+    from eventlog import ManifestError, read_manifest
 
     root = Path(args.out)
     if args.run:
         run_dir = Path(args.run) if Path(args.run).is_dir() else root / args.run
         if not (run_dir / "manifest.json").exists():
             raise UsageError(f"no run at {run_dir}")
-        run = read_run(run_dir)
-        print(json.dumps(run.manifest, indent=2, default=str))
-        print(format_row(benchmark_row(run.events, run.manifest)))
-        return 0
+        try:
+            return _show_run(run_dir)
+        except ManifestError as exc:
+            raise UsageError(str(exc)) from None
     dirs = sorted(d for d in root.glob("*") if (d / "manifest.json").exists()) if root.is_dir() else []
     if not dirs:
         print(f"no runs under {root}/")
         return 0
-    print(f"{'run id':<44} {'source':<10} {'status':<9} profile")
+    print(f"{'run id':<44} {'source':<10} {'status':<9} {'profile':<10} note")
     for d in dirs:
-        m = read_manifest(d)
-        print(f"{m['run_id']:<44} {m['source']:<10} {m['status']:<9} {m.get('profile', '')}")
+        try:
+            m = read_manifest(d)
+        except ManifestError as exc:
+            print(f"{d.name:<44} {'?':<10} {'damaged':<9} {'':<10} {one_line(exc)}")
+            continue
+        print(f"{m['run_id']:<44} {m['source']:<10} {m['status']:<9} {m.get('profile') or ''}".rstrip())
     return 0
+
+
+def _show_run(run_dir: Path) -> int:
+    """The manifest, then the benchmark row; a skipped part or a row that cannot be computed is one
+    line on stderr each."""
+    from eventlog import benchmark_row, read_run
+
+    from .tables import format_row
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = read_run(run_dir)
+    for w in caught:
+        print(f"caplab runs: warning: {one_line(w.message)}", file=sys.stderr)
+    print(json.dumps(run.manifest, indent=2, default=str))
+    try:
+        row = benchmark_row(run.events, run.manifest)
+    except Exception as exc:  # a damaged log: say why, after the manifest
+        print(f"caplab runs: error: {run_dir.name}: no benchmark row: {_why_no_row(run, exc)}", file=sys.stderr)
+        return 1
+    print(format_row(row))
+    return 0
+
+
+def _why_no_row(run: Run, exc: Exception) -> str:
+    planned = len((run.manifest.get("load") or {}).get("steps") or [])
+    ev = run.events
+    found = int(((ev["kind"] == "sample") & (ev["name"] == "step")).sum())
+    if planned and found != planned:
+        return f"the log holds {found} of its {planned} step markers (sample rows 'step'); a skipped part held them"
+    return f"{type(exc).__name__}: {one_line(exc)}"
 
 
 def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
@@ -208,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, [])
     except UsageError as exc:
-        print(f"caplab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"caplab {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"caplab {args.command}: interrupted; the run folder keeps what was written", file=sys.stderr)

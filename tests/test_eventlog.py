@@ -10,11 +10,15 @@ import textwrap
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from eventlog import (
     SLO,
     EventWriter,
+    ForeignPartWarning,
+    ManifestError,
     TornPartWarning,
     benchmark_row,
     check_claims,
@@ -23,6 +27,7 @@ from eventlog import (
     finish_run,
     percentile,
     read_events,
+    read_manifest,
     read_run,
     step_table,
     timeseries,
@@ -194,3 +199,40 @@ def test_errors_count_in_the_window_of_their_attempt(tmp_path):
     df = read_events(tmp_path)
     assert window_stats(df, 0, 10)["error_rate"] == 1.0
     assert window_stats(df, 10, 20)["error_rate"] == 0.0
+
+
+def _good_part(tmp_path):
+    run_dir, manifest = create_run(tmp_path, "measured", "parts")
+    with EventWriter(run_dir, "gen0", t0=manifest["clock"]["monotonic_t0"]) as w:
+        for i in range(5):
+            w.row("send", float(i), conn=i, name="echo")
+    return run_dir, pq.read_table(next((run_dir / "events").glob("part-gen0-*.parquet")))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.append_column("colour", pa.array(["red"] * len(t))), r"column\(s\) 'colour' not in the schema"),
+        (lambda t: t.drop_columns(["bytes"]), r"no column\(s\) 'bytes'"),
+        (lambda t: t.set_column(2, "conn", pa.array([str(x) for x in t["conn"].to_pylist()])), r"'conn' is string"),
+    ],
+    ids=["extra column", "missing column", "wrong type"],
+)
+def test_a_part_with_other_columns_is_skipped_and_named(tmp_path, change, message):
+    """Skipped, not read in silently (pyarrow would drop an extra column, fill a missing one with
+    nulls and cast a wrong type) and not the whole run refused (one stray file must not hide the rest)."""
+    run_dir, table = _good_part(tmp_path)
+    pq.write_table(change(table), run_dir / "events" / "part-stray-000000.parquet")
+    with pytest.warns(ForeignPartWarning, match=rf"part-stray-000000\.parquet: .*{message}"):
+        df = read_events(run_dir)
+    assert len(df) == 5
+
+
+def test_truncated_manifest_is_one_clear_error(tmp_path):
+    run_dir, _ = create_run(tmp_path, "measured", "m")
+    text = (run_dir / "manifest.json").read_text()
+    for damaged in (text[:40], "", "[]", '{"run_id": "x"}'):
+        (run_dir / "manifest.json").write_text(damaged)
+        with pytest.raises(ManifestError, match=r"manifest\.json: ") as err:
+            read_manifest(run_dir)
+        assert "\n" not in str(err.value)
