@@ -14,6 +14,8 @@ from .errors import UsageError, one_line
 if TYPE_CHECKING:
     from eventlog import Run
 
+    from .scenario import Scenario
+
 
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from server.__main__ import main as server_main
@@ -29,7 +31,10 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from .tables import format_row
 
     spec = spec_from_args(args)
-    tokens = read_tokens(args.tokens)
+    try:
+        tokens = read_tokens(args.tokens)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--tokens {args.tokens}: {getattr(exc, 'strerror', None) or exc}") from None
     run_dir = run_load(spec, args.out, tokens, name=args.name)
     run = read_run(run_dir)
     print(format_row(benchmark_row(run.events, run.manifest)))
@@ -97,18 +102,41 @@ def _why_no_row(run: Run, exc: Exception) -> str:
 
 def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     from .runner import run_scenario
-    from .scenario import ScenarioError, load_scenario
 
-    try:
-        sc = load_scenario(args.scenario)
-    except ScenarioError as exc:
-        raise UsageError(f"scenario not valid, nothing started:\n{exc}") from None
-    reuse = [Path(p) for p in args.reuse] if args.reuse else None
+    sc = validated_scenario(args.scenario)
+    reuse = [_measured_run(p) for p in args.reuse] if args.reuse else None
     out_dir = run_scenario(sc, Path(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse)
     print(f"outputs: {out_dir}")
     pdf = out_dir / "report.pdf"
     print(pdf if pdf.exists() else out_dir)
     return 0
+
+
+def validated_scenario(path: str) -> Scenario:
+    """The scenario, or a one-line UsageError: every check runs before anything starts, and an
+    error nobody foresaw while validating is one line too, never a traceback."""
+    from . import scenario
+
+    try:
+        return scenario.load_scenario(path)
+    except scenario.ScenarioError as exc:
+        raise UsageError(f"scenario {exc}; nothing started") from None
+    except Exception as exc:
+        raise UsageError(
+            f"scenario {path}: could not be validated: {type(exc).__name__}: {one_line(exc)}; nothing started"
+        ) from None
+
+
+def _measured_run(path: str) -> Path:
+    from eventlog import ManifestError, read_manifest
+
+    try:
+        source = read_manifest(path).get("source")
+    except ManifestError as exc:
+        raise UsageError(f"--reuse {exc}; nothing started") from None
+    if source != "measured":
+        raise UsageError(f"--reuse takes measured runs; {path} is {source}; nothing started")
+    return Path(path)
 
 
 def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
