@@ -2,16 +2,39 @@
 
 The stock ``AsyncManager.emit`` creates one task per recipient and waits for all of them. Here an
 event is encoded once and its packet put straight on each recipient's Engine.IO send queue (or on
-its batch). The Redis variant reuses this for the local part of every published emit.
+its batch). The Redis variant reuses this for the local part of every published emit, and makes a
+Redis outage visible instead of silent (see ``LabRedisManager``).
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from contextvars import ContextVar
 
 import socketio
 from engineio import packet as eio_packet
 
 from .batching import Batcher, encode_entry
 from .metrics import Metrics
+
+log = logging.getLogger("server.redis")
+
+# why the emit this task made last reached no other node (None: it did, or there are no others)
+_LOCAL_ONLY: ContextVar[str | None] = ContextVar("caplab_local_only", default=None)
+
+
+def redis_options(retries: int = 1, **extra) -> dict:
+    """Client options that fail within about a second instead of redis-py's 10 retries with backoff.
+
+    One immediate retry replaces a pooled connection that went stale while Redis restarted.
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return {"retry": Retry(NoBackoff(), retries), "socket_connect_timeout": 1.0, "socket_timeout": 1.0, **extra}
 
 
 class LabManager(socketio.AsyncManager):
@@ -23,6 +46,21 @@ class LabManager(socketio.AsyncManager):
     batcher: Batcher | None = None
     fast_fanout: bool = False
     metrics: Metrics | None = None
+
+    def initialize_now(self) -> None:
+        """Initialize at server start-up rather than at the first connection (python-socketio's way),
+        so a Redis node subscribes, and reports its link, before any client arrives."""
+        if not self.server.manager_initialized:
+            self.server.manager_initialized = True
+            self.initialize()
+
+    def delivery_ack(self) -> dict:
+        """The ack for a room emit this task has just made; one node always delivers it all."""
+        return {"ok": True}
+
+    def link_state(self) -> dict | None:
+        """The Redis pub/sub link (None without Redis)."""
+        return None
 
     def deliver(self, eio_sid: str, packets: list[eio_packet.Packet]) -> bool:
         """Queue packets on one client's transport without a task; False if it is gone."""
@@ -64,4 +102,160 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
 
     MRO: AsyncRedisManager -> AsyncPubSubManager -> LabManager -> AsyncManager, so the
     pub/sub manager's local ``super().emit`` lands in ``LabManager.emit``.
+
+    What python-socketio's manager does in an outage, and what this one does instead:
+
+    - its publish retries, logs and returns as if sent; here a failed publish is counted
+      (``redis_errors{op="publish"}``) and the sender's ack says ``local_only``; after a failure,
+      publishes fail fast for ``PUBLISH_PAUSE_S`` (a hung Redis must not stall every chat);
+    - its listener retries after 1, 2, 4 ... 60 s whatever Redis does, while publishes succeed
+      again as soon as Redis is back: every message published before the listeners resubscribe
+      reaches nobody (after a 5 s outage, the next 2 s). Here the listener retries every
+      ``RETRY_MIN_S`` doubling to ``RETRY_MAX_S``, pings an idle link, reports its state
+      (``link_state``, gauge ``socketio_redis_up``), and a publish heard by no other node, while
+      other nodes were subscribed before (within ``PEER_MEMORY_S``), is reported ``local_only`` too.
     """
+
+    RETRY_MIN_S = 0.05
+    RETRY_MAX_S = 0.5
+    PUBLISH_PAUSE_S = 0.2
+    LIVENESS_S = 2.0  # an idle link is pinged after this; no reply within it again means down
+    PEER_MEMORY_S = 10.0  # other nodes unheard this long (our link up) have left: stop reporting it
+
+    def __init__(self, url: str, channel: str, **kwargs) -> None:
+        super().__init__(url, channel=channel, **kwargs)
+        self.link_up: bool | None = None  # None until the first subscribe attempt ends
+        self.link_since = time.monotonic()
+        self.link_error: str | None = None
+        self._subscribing = False  # SUBSCRIBE sent, confirmation not read yet
+        self._expect_peers = False  # other nodes heard our publishes (reset once they are gone)
+        self._unheard_since: float | None = None  # first publish no other node heard, since they did
+        self._publish_paused_until = 0.0
+        self._publish_error: str | None = None
+
+    def initialize(self) -> None:
+        if self.metrics is not None:
+            self.metrics.registry.register(self.metrics.redis_up)
+            self.metrics.redis_up.set(0)
+        super().initialize()
+
+    def _redis_connect(self) -> None:
+        self.redis = self._get_redis_module().Redis.from_url(self.redis_url, **redis_options(**self.redis_options))
+        self.connected = True
+
+    def _count_error(self, op: str) -> None:
+        if self.metrics is not None:
+            self.metrics.redis_errors.labels(op=op).inc()
+
+    async def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
+        _LOCAL_ONLY.set(None)
+        return await super().emit(
+            event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+        )
+
+    def delivery_ack(self) -> dict:
+        detail = _LOCAL_ONLY.get()
+        if detail is None:
+            return {"ok": True}
+        return {"ok": True, "local_only": True, "detail": f"delivered on this node only: {detail}"}
+
+    def link_state(self) -> dict:
+        return {
+            "up": self.link_up,
+            "for_s": round(time.monotonic() - self.link_since, 3),
+            "error": self.link_error,
+        }
+
+    def _local_only(self, data: dict, detail: str) -> None:
+        if data.get("method") != "emit":
+            return
+        _LOCAL_ONLY.set(detail)
+        if self.metrics is not None:
+            self.metrics.redis_local_only.inc()
+            self.metrics.errors.labels(kind="redis_unavailable").inc()
+
+    async def _publish(self, data: dict) -> int | None:
+        payload = self.json.dumps(data)
+        now = time.monotonic()
+        if now < self._publish_paused_until:
+            return self._local_only(data, f"Redis unreachable ({self._publish_error})")
+        try:
+            if self.redis is None:
+                self._redis_connect()
+            heard = await self.redis.publish(self.channel, payload)
+        except Exception as exc:  # connection, timeout or protocol: the message did not leave this node
+            self._count_error("publish")
+            self._publish_paused_until = time.monotonic() + self.PUBLISH_PAUSE_S
+            if self._publish_error is None:
+                log.warning("Redis publish failed, delivering on this node only: %s: %s", type(exc).__name__, exc)
+            self._publish_error = type(exc).__name__
+            return self._local_only(data, f"Redis publish failed ({self._publish_error})")
+        if self._publish_error is not None:
+            log.warning("Redis publish works again")
+            self._publish_error = None
+        others = heard - (1 if self.link_up or self._subscribing else 0)
+        if others > 0:
+            self._expect_peers, self._unheard_since = True, None
+        elif self._expect_peers:
+            self._unheard_since = self._unheard_since or now
+            if self.link_up and now - self._unheard_since >= self.PEER_MEMORY_S:
+                self._expect_peers = False  # the other nodes left rather than lost their link
+            else:
+                self._local_only(data, "no other node is subscribed to the Redis channel")
+        return heard
+
+    def _set_link(self, up: bool, exc: BaseException | None = None) -> None:
+        now = time.monotonic()
+        if up != self.link_up:
+            if up:
+                after = f" after {now - self.link_since:.1f} s down" if self.link_up is False else ""
+                log.warning("Redis pub/sub link up on channel %s%s", self.channel, after)
+            else:
+                log.warning(
+                    "Redis pub/sub link down (%s: %s), retrying within %g s", type(exc).__name__, exc, self.RETRY_MAX_S
+                )
+            self.link_up, self.link_since = up, now
+        self.link_error = None if up else type(exc).__name__
+        if self.metrics is not None:
+            self.metrics.redis_up.set(1 if up else 0)
+
+    async def _listen(self):
+        """Yield messages of our channel for ever: subscribe, watch the link, resubscribe when it drops."""
+        channel = self.channel.encode()
+        delay = self.RETRY_MIN_S
+        while True:
+            options = redis_options(retries=0, **{**self.redis_options, "socket_timeout": None})
+            client = self._get_redis_module().Redis.from_url(self.redis_url, socket_keepalive=True, **options)
+            pubsub = client.pubsub()
+            try:
+                self._subscribing = True
+                await pubsub.subscribe(self.channel)
+                pinged = False
+                while True:
+                    msg = await pubsub.get_message(timeout=self.LIVENESS_S)
+                    if msg is None:
+                        if pinged:
+                            raise TimeoutError(f"no reply from Redis within {self.LIVENESS_S:g} s")
+                        await pubsub.ping()
+                        pinged = True
+                        continue
+                    pinged = False
+                    if msg["type"] == "subscribe":
+                        self._subscribing = False
+                        self._publish_paused_until = 0.0  # Redis answers: publishing may resume too
+                        self._set_link(True)
+                        delay = self.RETRY_MIN_S
+                    elif msg["type"] == "message" and msg["channel"] == channel:
+                        yield msg["data"]
+            except Exception as exc:
+                self._subscribing = False
+                self._count_error("listen")
+                self._set_link(False, exc)
+            finally:
+                self._subscribing = False
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self.RETRY_MAX_S)

@@ -36,16 +36,31 @@ def error_count(lab: LabServer) -> int:
 
 
 async def health(request: web.Request, lab: LabServer) -> web.Response:
+    """The seed's shape; ``degraded`` also while the Redis pub/sub link is down, with ``reason``."""
     rss = lab.memory.rss()
     status = lab.memory.status(rss)
-    return web.json_response(
-        {
-            "status": status,
-            "connections": lab.limiter.total,
-            "memory": {"used": rss, "threshold": lab.settings.memory_threshold},
-            "performance": {"latency": lab.metrics.window.percentiles_ms()["p95"], "errors": error_count(lab)},
-        }
-    )
+    reasons = []
+    if status != "healthy":
+        reasons.append(f"memory {status}: {100.0 * rss / lab.settings.memory_threshold:.0f} % of the threshold")
+    body = {
+        "status": status,
+        "connections": lab.limiter.total,
+        "memory": {"used": rss, "threshold": lab.settings.memory_threshold},
+        "performance": {"latency": lab.metrics.window.percentiles_ms()["p95"], "errors": error_count(lab)},
+    }
+    link = lab.sio.manager.link_state()
+    if link is not None:
+        body["redis"] = link
+        if link["up"] is False:
+            status = "degraded" if status == "healthy" else status
+            reasons.append(
+                f"redis pub/sub link down for {link['for_s']:.1f} s ({link['error']}): "
+                "events reach this node's clients only"
+            )
+    body["status"] = status
+    if reasons:
+        body["reason"] = "; ".join(reasons)
+    return web.json_response(body)
 
 
 def snapshot(lab: LabServer) -> dict:
@@ -88,8 +103,11 @@ def snapshot(lab: LabServer) -> dict:
             "refusals": by_label(m.refusals),
             "errors": by_label(m.errors),
             "token_cache": by_label(m.token_cache),
+            "redis_errors": by_label(m.redis_errors),
+            "redis_local_only": counter_value(m.redis_local_only),
             "socket_states": len(lab.sockets),
         },
+        "redis": lab.sio.manager.link_state(),
         "gc": {"recent": list(lab.gc_monitor.recent)[-128:]},
         "node": {
             "id": s.node,

@@ -101,6 +101,12 @@ class Metrics:
             registry=r,
         )
         self.cleanups = Counter("socketio_cleanup_freed", "Items freed by cleanup", ["kind"], registry=r)
+        self.redis_errors = Counter("socketio_redis_errors", "Failed Redis operations", ["op"], registry=r)
+        self.redis_local_only = Counter(
+            "socketio_redis_local_only", "Emits no other node received (publish failed or none subscribed)", registry=r
+        )
+        # registered by the Redis manager only: a node without REDIS_URL exports no link state
+        self.redis_up = Gauge("socketio_redis_up", "1 while the Redis pub/sub link is subscribed", registry=None)
         self.window = LatencyWindow()
         self.started = time.time()
         self.rate_marks: deque[tuple[float, float]] = deque(maxlen=4)

@@ -58,7 +58,8 @@ class Settings(BaseModel):
     metrics_interval_ms: int = Field(5000, ge=100)  # SOCKET_METRICS_INTERVAL
     redis_url: str | None = None  # REDIS_URL
     admin_token: str | None = None  # SOCKET_ADMIN_TOKEN
-    redis_channel: str = "caplab"  # pub/sub channel shared by the nodes of one deployment
+    redis_channel: str | None = None  # pub/sub channel + Redis key prefix; None: derived, see redis_namespace
+    deployment: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # SOCKET_DEPLOYMENT
 
     # the seed's tuning values
     max_per_company: int = Field(500, ge=1)
@@ -99,6 +100,29 @@ class Settings(BaseModel):
             data["redis_url"] = "set"
         return data
 
+    def model_post_init(self, context: object, /) -> None:
+        if self.redis_channel is None:
+            self.redis_channel = redis_namespace(self.redis_url, self.deployment)
+
+
+def redis_namespace(redis_url: str | None, deployment: str | None) -> str:
+    """The default pub/sub channel and key prefix: ``caplab:<deployment>``, else ``caplab:db<N>``.
+
+    Redis pub/sub ignores the db number, so deployments sharing one Redis on different dbs would
+    hear each other on a fixed channel; N is the Redis URL's db (``?db=N`` or ``/N``, default 0),
+    so nodes started with the same REDIS_URL alone still share one channel.
+    """
+    if deployment:
+        return f"caplab:{deployment}"
+    from urllib.parse import parse_qs, urlparse
+
+    db = "0"
+    if redis_url:
+        url = urlparse(redis_url)
+        path_db = "" if url.scheme == "unix" else url.path.lstrip("/").split("/")[0]
+        db = parse_qs(url.query).get("db", [path_db])[0] or "0"
+    return f"caplab:db{int(db) if db.isdigit() else db}"
+
 
 ENV_VARS: dict[str, str] = {
     "SOCKET_MONITORING": "monitoring",
@@ -109,6 +133,7 @@ ENV_VARS: dict[str, str] = {
     "SOCKET_METRICS_INTERVAL": "metrics_interval_ms",
     "REDIS_URL": "redis_url",
     "SOCKET_ADMIN_TOKEN": "admin_token",
+    "SOCKET_DEPLOYMENT": "deployment",
 }
 
 _OFF = {"off", "false", "0", "no"}
