@@ -1,7 +1,12 @@
-"""Monitoring endpoints: /socket-health, /socket-metrics (JSON or Prometheus), diagnostics, cleanup."""
+"""Monitoring endpoints: /socket-health, /socket-metrics (JSON or Prometheus), diagnostics, cleanup.
+
+Health and metrics are open to probes and scrapers and carry only aggregates (counts by company id,
+closed label sets). Diagnostics (per-connection detail) and cleanup need the admin token.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import time
@@ -130,6 +135,10 @@ async def metrics(request: web.Request, lab: LabServer) -> web.Response:
 
 
 async def diagnostics(request: web.Request, lab: LabServer) -> web.Response:
+    """Per-connection detail (user ids, IPs, socket ids, rooms): admin only."""
+    refused = admin_refusal(request, lab)
+    if refused is not None:
+        return refused
     busiest = sorted((st for st in lab.sockets.values() if st.connected), key=lambda st: -st.events)[:10]
     users_by_company: Counter[int] = Counter()
     rooms_by_company: Counter[int] = Counter()
@@ -171,10 +180,43 @@ async def diagnostics(request: web.Request, lab: LabServer) -> web.Response:
 
 
 async def cleanup(request: web.Request, lab: LabServer) -> web.Response:
-    expected = lab.settings.admin_token
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not given:
-        return web.json_response({"error": "admin token required (Authorization: Bearer ...)"}, status=401)
-    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        return web.json_response({"error": "wrong admin token"}, status=403)
+    refused = admin_refusal(request, lab)
+    if refused is not None:
+        return refused
     return web.json_response({"freed": lab.cleanup(collect=True)})
+
+
+def bearer_token(request: web.Request) -> tuple[str | None, str]:
+    """``(token, "")`` for exactly one ``Authorization: Bearer <token>`` header, else ``(None, why)``.
+
+    The scheme is case-insensitive (RFC 9110). aiohttp hands undecodable header bytes over as
+    lone surrogates: such a header is refused here, never encoded later (that was an HTTP 500).
+    """
+    values = request.headers.getall("Authorization", [])
+    if not values:
+        return None, "admin token required: send the header Authorization: Bearer <SOCKET_ADMIN_TOKEN>"
+    if len(values) > 1:
+        return None, "send one Authorization header, not several"
+    try:
+        values[0].encode("utf-8")
+    except UnicodeEncodeError:
+        return None, "the Authorization header is not valid UTF-8"
+    parts = values[0].split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None, "the Authorization header must be exactly: Bearer <token>"
+    return parts[1], ""
+
+
+def admin_refusal(request: web.Request, lab: LabServer) -> web.Response | None:
+    """None for the admin token; else 401 (no, empty or malformed credentials) or 403 (wrong token)."""
+    given, why = bearer_token(request)
+    if given is None:
+        return web.json_response({"error": why}, status=401, headers={"WWW-Authenticate": 'Bearer realm="admin"'})
+    expected = lab.settings.admin_token
+    if not expected:
+        return web.json_response({"error": "admin endpoints are off: SOCKET_ADMIN_TOKEN is not set"}, status=403)
+    # digests of equal length, compared in constant time: neither content nor length leaks
+    digest = hashlib.sha256(given.encode()).digest()
+    if not hmac.compare_digest(digest, hashlib.sha256(expected.encode()).digest()):
+        return web.json_response({"error": "wrong admin token"}, status=403)
+    return None

@@ -21,7 +21,9 @@ async def get(url: str, path: str, **kw) -> tuple[int, object]:
 
 @pytest.mark.parametrize("profile", ["baseline", "optimized"])
 async def test_health_and_metrics_shapes(start_server, profile):
-    server, users = start_server(profile, companies=2, users=1, sets={"metrics_interval_ms": 2000})
+    server, users = start_server(
+        profile, companies=2, users=1, sets={"metrics_interval_ms": 2000}, env={"SOCKET_ADMIN_TOKEN": "s3cret"}
+    )
     clients = [await Client.connect(server.url, u["token"]) for u in users]
     for c in clients:
         await c.call("echo", "x")
@@ -31,6 +33,7 @@ async def test_health_and_metrics_shapes(start_server, profile):
     assert health["status"] == "healthy" and health["connections"] == 2
     assert set(health["memory"]) == {"used", "threshold"} and health["memory"]["threshold"] == 500_000_000
     assert set(health["performance"]) == {"latency", "errors"}
+    assert "redis" not in health and "reason" not in health  # one node, no Redis link to report
     status, m = await get(server.url, "/socket-metrics")
     assert set(m["performance"]["latency"]) == {"p50", "p95", "p99"}
     assert m["performance"]["latency"]["p50"] > 0
@@ -40,7 +43,9 @@ async def test_health_and_metrics_shapes(start_server, profile):
     c = m["counters"]
     assert c["events_in"] == 2 and c["packets_out"] == 2 and c["cpu_seconds"] > 0 and c["rss_bytes"] > 1e6
     assert c["db_queries"] == 2
-    status, diag = await get(server.url, "/socket-diagnostics")
+    assert m["redis"] is None and c["redis_errors"] == {} and c["redis_local_only"] == 0
+    assert (await get(server.url, "/socket-diagnostics"))[0] == 401
+    status, diag = await get(server.url, "/socket-diagnostics", headers={"Authorization": "Bearer s3cret"})
     assert diag["companies"] == {
         "1": {"connections": 1, "sub_room_memberships": 0},
         "2": {"connections": 1, "sub_room_memberships": 0},
@@ -76,8 +81,8 @@ async def test_cleanup_needs_admin_token(start_server):
     hdr = {"Authorization": "Bearer s3cret"}
     status, body = await get(server.url, "/socket-cleanup", method="POST", headers=hdr)
     assert status == 200 and {"socket_states", "empty_rooms", "gc_objects", "rss_freed_bytes"} <= set(body["freed"])
-    _, diag = await get(server.url, "/socket-diagnostics")
-    assert "s3cret" not in str(diag)
+    _, diag = await get(server.url, "/socket-diagnostics", headers=hdr)
+    assert diag["settings"]["admin_token"] == "set" and "s3cret" not in str(diag)
 
 
 @pytest.mark.parametrize(("profile", "kept"), [("baseline", 3), ("optimized", 0)])
