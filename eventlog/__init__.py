@@ -1,7 +1,7 @@
 """The run format every part of the lab shares: schema, manifest, writer, reader, projections, claims."""
 
 from .claims import SEED_CLAIMS, Claim, check_claims
-from .manifest import ManifestError, create_run, finish_run, read_manifest, update_manifest
+from .manifest import ManifestError, create_run, finish_run, read_manifest, run_status, update_manifest
 from .projections import (
     SLO,
     WARMUP_RULE,
@@ -45,6 +45,7 @@ __all__ = [
     "read_events",
     "read_manifest",
     "read_run",
+    "run_status",
     "step_table",
     "steps",
     "timeseries",

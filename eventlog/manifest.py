@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import secrets
+import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +85,94 @@ def read_manifest(run_dir: Path | str) -> dict:
     return manifest
 
 
+# -- liveness: is a run that says 'running' still being written? -----------------------------------
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _proc_start(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a Linux process, None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ", which may hold spaces
+    return fields[0], int(fields[19])
+
+
+def process_record(pid: int | None = None) -> dict:
+    """How a writer process is recorded: its pid and (on Linux) its start time, which tells a
+    process from a later one that reused the pid."""
+    pid = os.getpid() if pid is None else pid
+    proc = _proc_start(pid)
+    return {"pid": pid, "start": proc[1] if proc else None}
+
+
+def _alive(record: dict) -> bool:
+    pid, start = record.get("pid"), record.get("start")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    proc = _proc_start(pid)
+    if proc is not None:
+        state, started = proc
+        return state not in ("Z", "X") and (start is None or started == start)
+    if Path("/proc/self/stat").exists():
+        return False  # Linux, and no such process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def writers_record(pids: list[int] | None = None) -> dict:
+    return {
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "processes": [process_record(p) for p in (pids or [os.getpid()])],
+    }
+
+
+def add_writers(run_dir: Path | str, pids: list[int]) -> dict:
+    """Record more writer processes of a running run (the generator's workers)."""
+    manifest = read_manifest(run_dir)
+    writers = manifest.setdefault("writers", writers_record())
+    writers["processes"] += [process_record(p) for p in pids]
+    write_manifest(Path(run_dir), manifest)
+    return manifest
+
+
+def run_status(manifest: dict) -> tuple[str, str]:
+    """The status to report and why, applying the liveness rule to runs that say 'running'.
+
+    A run's manifest names its writer processes (host, boot id, pid and start time of each). A
+    'running' run recorded on this host is reported 'aborted' when none of them is alive any more
+    (gone, a zombie, a pid reused by a later process, or the machine rebooted since): nobody is left
+    to finish it. Recorded on another host, or before writers were recorded, it stays 'running'.
+    """
+    status = manifest.get("status", "?")
+    if status != "running":
+        return status, ""
+    writers = manifest.get("writers")
+    if not isinstance(writers, dict) or not writers.get("processes"):
+        return status, "no writer processes recorded: liveness unknown"
+    if writers.get("host") != socket.gethostname():
+        return status, f"written on host {writers.get('host')!r}: liveness not checkable here"
+    pids = ", ".join(str(p.get("pid")) for p in writers["processes"])
+    if writers.get("boot_id") and _boot_id() and writers["boot_id"] != _boot_id():
+        return "aborted", f"recorded 'running'; the machine has rebooted since (writers {pids})"
+    if any(_alive(p) for p in writers["processes"]):
+        return status, ""
+    return "aborted", f"recorded 'running', but no writer process is alive (pids {pids})"
+
+
 def create_run(
     root: Path | str,
     source: str,
@@ -108,6 +197,7 @@ def create_run(
         "scenario": scenario or {},
         "machine": machine(),
         "versions": versions(),
+        "writers": writers_record(),
         **fields,
     }
     write_manifest(run_dir, manifest)

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .manifest import read_manifest
+from .manifest import read_manifest, run_status
 from .schema import SCHEMA
 
 
@@ -40,6 +40,11 @@ class Run:
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
+
+    @property
+    def status(self) -> str:
+        """The status to report: a 'running' run with no live writer is 'aborted' (``run_status``)."""
+        return run_status(self.manifest)[0]
 
 
 def schema_mismatch(schema: pa.Schema) -> str | None:

@@ -26,6 +26,7 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import benchmark_row, read_run
     from loadgen import read_tokens, run_load
+    from loadgen.run import abort_on_signals
 
     from .loadcli import spec_from_args
     from .tables import format_row
@@ -35,15 +36,16 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
         tokens = read_tokens(args.tokens)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--tokens {args.tokens}: {getattr(exc, 'strerror', None) or exc}") from None
-    run_dir = run_load(spec, args.out, tokens, name=args.name)
-    run = read_run(run_dir)
+    with abort_on_signals():
+        run_dir = run_load(spec, args.out, tokens, name=args.name)
+        run = read_run(run_dir)
     print(format_row(benchmark_row(run.events, run.manifest)))
     print(run_dir)
     return 0
 
 
 def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
-    from eventlog import ManifestError, read_manifest
+    from eventlog import ManifestError, read_manifest, run_status
 
     root = Path(args.out)
     if args.run:
@@ -65,14 +67,15 @@ def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
         except ManifestError as exc:
             print(f"{d.name:<44} {'?':<10} {'damaged':<9} {'':<10} {one_line(exc)}")
             continue
-        print(f"{m['run_id']:<44} {m['source']:<10} {m['status']:<9} {m.get('profile') or ''}".rstrip())
+        status, why = run_status(m)
+        print(f"{m['run_id']:<44} {m['source']:<10} {status:<9} {m.get('profile') or '':<10} {why}".rstrip())
     return 0
 
 
 def _show_run(run_dir: Path) -> int:
-    """The manifest, then the benchmark row; a skipped part or a row that cannot be computed is one
-    line on stderr each."""
-    from eventlog import benchmark_row, read_run
+    """The manifest (with the status to report), then the benchmark row; a skipped part or a row that
+    cannot be computed is one line on stderr each."""
+    from eventlog import benchmark_row, read_run, run_status
 
     from .tables import format_row
 
@@ -81,7 +84,11 @@ def _show_run(run_dir: Path) -> int:
         run = read_run(run_dir)
     for w in caught:
         print(f"caplab runs: warning: {one_line(w.message)}", file=sys.stderr)
-    print(json.dumps(run.manifest, indent=2, default=str))
+    status, why = run_status(run.manifest)
+    shown = dict(run.manifest)
+    if status != run.manifest["status"]:
+        shown.update(status=status, status_recorded=run.manifest["status"], status_reason=why)
+    print(json.dumps(shown, indent=2, default=str))
     try:
         row = benchmark_row(run.events, run.manifest)
     except Exception as exc:  # a damaged log: say why, after the manifest
@@ -101,11 +108,14 @@ def _why_no_row(run: Run, exc: Exception) -> str:
 
 
 def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
+    from loadgen.run import abort_on_signals
+
     from .runner import run_scenario
 
     sc = validated_scenario(args.scenario)
     reuse = [_measured_run(p) for p in args.reuse] if args.reuse else None
-    out_dir = run_scenario(sc, Path(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse)
+    with abort_on_signals():
+        out_dir = run_scenario(sc, Path(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse)
     print(f"outputs: {out_dir}")
     pdf = out_dir / "report.pdf"
     print(pdf if pdf.exists() else out_dir)
@@ -279,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"caplab {args.command}: interrupted; the run folder keeps what was written", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        run = sys.modules.get("loadgen.run")  # only loaded by the commands that can raise RunAborted
+        if run is None or not isinstance(exc, run.RunAborted):
+            raise
+        where = f": {exc.run_dir}" if getattr(exc, "run_dir", None) else ""
+        print(f"caplab {args.command}: {exc}; the run folder keeps what was written{where}", file=sys.stderr)
+        return 128 + exc.signum
 
 
 if __name__ == "__main__":

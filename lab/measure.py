@@ -50,6 +50,22 @@ def load_spec(workload: WorkloadSpec, urls: list[str], seed: int = 1) -> LoadSpe
     )
 
 
+def stop_nodes(nodes: list[ServerProcess]) -> list[int | None]:
+    """Stop every node, even if a stop signal interrupts one stop: the others are stopped before it
+    is raised again. Returns the exit codes."""
+    codes: list[int | None] = []
+    interrupted: BaseException | None = None
+    for node in nodes:
+        try:
+            codes.append(node.stop())
+        except BaseException as exc:  # RunAborted or KeyboardInterrupt while waiting for this node
+            interrupted = interrupted or exc
+            codes.append(None)
+    if interrupted is not None:
+        raise interrupted
+    return codes
+
+
 def measure(
     server: ServerSpec, workload: WorkloadSpec, out: Path | str, scenario: Scenario | None = None, quiet: bool = False
 ) -> Path:
@@ -92,7 +108,7 @@ def measure(
                 },
             )
         finally:
-            codes = [n.stop() for n in nodes]
+            codes = stop_nodes(nodes)
         for i, _ in enumerate(nodes):
             log = work / f"server-{i}.log"
             if log.exists() and log.stat().st_size:

@@ -1,19 +1,116 @@
-"""Run a load spec into a new run folder, in one process or several worker processes."""
+"""Run a load spec into a new run folder, in one process or several worker processes.
+
+Stopping: SIGTERM or SIGINT stops every worker at once (no drain), the rows so far are flushed, and
+the run is finished as ``aborted``; the caller gets :class:`RunAborted`. Workers die with their
+parent: if it is killed outright (SIGKILL), they abort within about a second, and its manifest,
+left ``running``, names every writer process so that readers can see nobody is writing it any more
+(``eventlog.run_status``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import math
 import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from eventlog import create_run, finish_run
+from eventlog.manifest import add_writers
 
 from .spec import LoadSpec
 from .worker import Worker
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# An aborting worker stops sending, flushes its rows and exits in well under a second; one that has
+# not exited this long after being told to is killed (it loses at most its last second of rows).
+ABORT_GRACE_S = 3.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+class RunAborted(BaseException):  # like KeyboardInterrupt: a request to stop, not an error
+    """A stop signal (SIGTERM or SIGINT) ended the run early; the run folder keeps what was written."""
+
+    def __init__(self, signum: int, summaries: list[dict] | None = None) -> None:
+        self.signum = signum
+        self.summaries = summaries or []
+        super().__init__(f"aborted by {signal.Signals(signum).name}")
+
+
+class _Stop:
+    """Process-wide stop-signal state: the first stop signal wins; later ones are ignored, so that
+    the cleanup it started (stopping workers and servers) runs to its end."""
+
+    installed = False
+    signum: int | None = None
+    raising = False  # raise RunAborted in the main thread (a command's default; off inside run_workers)
+    callback: Callable[[int], None] | None = None
+
+    @classmethod
+    def handler(cls, signum: int, frame: object) -> None:
+        if cls.signum is not None:
+            return
+        cls.signum = signum
+        if cls.callback is not None:
+            cls.callback(signum)
+        if cls.raising:
+            raise RunAborted(signum)
+
+
+@contextmanager
+def abort_on_signals() -> Iterator[None]:
+    """For a command's work (``caplab load``, ``caplab run``): SIGTERM and SIGINT raise
+    :class:`RunAborted` in the main thread, so ``finally`` blocks stop servers and workers. The
+    handlers before it come back on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = (_Stop.installed, _Stop.signum, _Stop.raising, _Stop.callback)
+    previous = {sig: signal.signal(sig, _Stop.handler) for sig in STOP_SIGNALS}
+    _Stop.installed, _Stop.signum, _Stop.raising, _Stop.callback = True, None, True, None
+    try:
+        yield
+    finally:
+        _Stop.installed, _Stop.signum, _Stop.raising, _Stop.callback = saved
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+class _Deferred:
+    """While the load runs, a stop signal only sets ``signum`` (and calls ``callback``): the run loop
+    then stops the workers and raises. Installs the handlers itself when no command did (library use,
+    main thread only), and puts back what was there before."""
+
+    def __init__(self, callback: Callable[[int], None] | None = None) -> None:
+        self.callback = callback
+        self.previous: dict[int, object] = {}
+
+    @property
+    def signum(self) -> int | None:
+        return _Stop.signum
+
+    def __enter__(self) -> _Deferred:
+        self.saved = (_Stop.installed, _Stop.raising, _Stop.callback)
+        if not _Stop.installed:
+            if threading.current_thread() is threading.main_thread():
+                self.previous = {sig: signal.signal(sig, _Stop.handler) for sig in STOP_SIGNALS}
+            _Stop.installed, _Stop.signum = True, None
+        _Stop.raising, _Stop.callback = False, self.callback
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Stop.installed, _Stop.raising, _Stop.callback = self.saved
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
 
 
 def read_tokens(path: Path | str) -> list[str]:
@@ -89,42 +186,114 @@ def run_fast(coro):
         gc.unfreeze()
 
 
-def _worker_entry(spec_json: str, run_dir: str, t0: float, wid: int, tokens: list[str], queue) -> None:
+def die_with_parent(parent_pid: int, on_orphan: Callable[[], None]) -> None:
+    """Make this worker process stop when its parent dies, however it dies.
+
+    On Linux the kernel sends SIGTERM at the parent's death (``prctl(PR_SET_PDEATHSIG)``), which the
+    worker handles as an abort; everywhere, a thread sees the parent pid change within 0.2 s and
+    aborts too (this also covers a parent that died before the prctl call). A worker that has not
+    exited ``ABORT_GRACE_S`` after that is ended with ``os._exit``.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watching thread still works
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        on_orphan()
+        time.sleep(ABORT_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _worker_entry(spec_json: str, run_dir: str, t0: float, wid: int, tokens: list[str], queue, parent_pid: int) -> None:
     spec = LoadSpec.model_validate_json(spec_json)
     worker = Worker(spec, run_dir, t0, wid, tokens, progress=queue.put)
-    queue.put({"done": wid, "summary": run_fast(worker.run())})
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: worker.request_abort(signal.Signals(signum).name))
+    die_with_parent(parent_pid, lambda: worker.request_abort("parent died"))
+    summary = run_fast(worker.run())
+    queue.put({"done": wid, "summary": summary})
+    if os.getppid() != parent_pid:
+        queue.cancel_join_thread()  # nobody reads the queue any more: do not wait to flush it at exit
+
+
+def _reap(procs: list, wait_s: float) -> None:
+    """Wait up to ``wait_s`` for the workers to exit, then SIGTERM (they abort) and finally SIGKILL."""
+    procs = [p for p in procs if p.pid is not None]  # started
+    end = time.monotonic() + wait_s
+    for p in procs:
+        p.join(max(0.0, end - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.terminate()
+    end = time.monotonic() + ABORT_GRACE_S
+    for p in alive:
+        p.join(max(0.0, end - time.monotonic()))
+    for p in alive:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
 
 
 def run_workers(spec: LoadSpec, run_dir: Path, t0: float, tokens: list[str], quiet: bool = False) -> list[dict]:
-    """Run every worker to the end; returns their summaries."""
+    """Run every worker to the end; returns their summaries. Raises :class:`RunAborted` on SIGTERM or
+    SIGINT (after the workers stopped and flushed their rows)."""
     progress = ProgressLine(spec.workers) if not quiet else (lambda p: None)
     if spec.workers == 1:
-        return [run_fast(Worker(spec, run_dir, t0, 0, tokens, progress=progress).run())]
+        worker = Worker(spec, run_dir, t0, 0, tokens, progress=progress)
+        with _Deferred(lambda signum: worker.request_abort(signal.Signals(signum).name)) as stop:
+            summary = run_fast(worker.run())
+        if summary["aborted"]:
+            raise RunAborted(stop.signum or signal.SIGTERM, [summary])
+        return [summary]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [
-        ctx.Process(target=_worker_entry, args=(spec.model_dump_json(), str(run_dir), t0, w, tokens, queue))
+        ctx.Process(
+            target=_worker_entry,
+            args=(spec.model_dump_json(), str(run_dir), t0, w, tokens, queue, os.getpid()),
+            name=f"caplab-load-worker-{w}",
+        )
         for w in range(spec.workers)
     ]
-    for p in procs:
-        p.start()
     summaries: list[dict] = []
-    deadline = time.monotonic() + spec.duration_s + spec.ack_timeout_s + 60
-    while len(summaries) < len(procs) and time.monotonic() < deadline:
+    finished = False
+    with _Deferred() as stop:
         try:
-            msg = queue.get(timeout=1.0)
-        except Exception:  # queue.Empty
-            if all(not p.is_alive() for p in procs):
-                break
-            continue
-        if "done" in msg:
-            summaries.append(msg["summary"])
-        else:
-            progress(msg)
-    for p in procs:
-        p.join(10)
-        if p.is_alive():
-            p.kill()
+            for p in procs:
+                p.start()
+            add_writers(run_dir, [p.pid for p in procs])
+            deadline = time.monotonic() + spec.duration_s + spec.ack_timeout_s + 60
+            stopping_since = None
+            while len(summaries) < len(procs):
+                now = time.monotonic()
+                if stop.signum is not None and stopping_since is None:
+                    stopping_since = now
+                    for p in procs:
+                        if p.is_alive():
+                            p.terminate()  # SIGTERM: each worker aborts, flushes and reports
+                if now > deadline or (stopping_since is not None and now > stopping_since + ABORT_GRACE_S):
+                    break
+                try:
+                    msg = queue.get(timeout=0.1)
+                except queue_mod.Empty:
+                    if all(not p.is_alive() for p in procs):
+                        break
+                    continue
+                if "done" in msg:
+                    summaries.append(msg["summary"])
+                else:
+                    progress(msg)
+            finished = stop.signum is None
+        finally:
+            _reap(procs, 10.0 if finished else 0.0)
+    if stop.signum is not None or any(s["aborted"] for s in summaries):
+        raise RunAborted(stop.signum or signal.SIGTERM, summaries)
     if len(summaries) < len(procs):
         raise RuntimeError(f"{len(procs) - len(summaries)} load worker(s) died; the log so far is kept")
     return summaries
@@ -146,6 +315,10 @@ def run_load(
     t0 = manifest["clock"]["monotonic_t0"]
     try:
         summaries = run_workers(spec, run_dir, t0, tokens, quiet=quiet)
+    except RunAborted as exc:
+        finish_run(run_dir, "aborted", error=str(exc), generator={"workers": exc.summaries})
+        exc.run_dir = run_dir
+        raise
     except BaseException as exc:
         finish_run(run_dir, "aborted", error=f"{type(exc).__name__}: {exc}")
         raise

@@ -93,6 +93,17 @@ class Worker:
         self.counts = {"send": 0, "ack": 0, "push": 0, "err": 0}
         self.sessions: list[aiohttp.ClientSession] = []
         self.bugs = 0
+        self.abort_reason: str | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.main: asyncio.Task | None = None
+
+    def request_abort(self, reason: str) -> None:
+        """Stop now, from a signal handler or another thread: no drain, no close handshakes; the
+        rows so far are flushed and the summary says ``aborted``. Safe to call more than once."""
+        self.abort_reason = self.abort_reason or reason
+        loop, main = self.loop, self.main
+        if loop is not None and main is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(main.cancel)
 
     # -- schedule ---------------------------------------------------------------------------
     def gap(self) -> float:
@@ -355,17 +366,25 @@ class Worker:
             scrape_task = asyncio.create_task(scraper.run(stop_scrape))
         self.sending = True
         sender = asyncio.create_task(self.sender())
+        self.loop = asyncio.get_running_loop()
+        self.main = asyncio.create_task(asyncio.wait_for(self.drive(), spec.max_duration_s))
+        if self.abort_reason:
+            self.main.cancel()
         try:
-            await asyncio.wait_for(self.drive(), spec.max_duration_s)
+            await self.main
+        except asyncio.CancelledError:
+            if not self.abort_reason:
+                raise
         finally:
             self.sending = False
             await sender
-            if self.wid == 0:
+            if self.wid == 0 and not self.abort_reason:
                 w.row("sample", spec.duration_s, name="end", value=0.0)
             deadline = w.now() + spec.ack_timeout_s + 0.5
-            while any(v.pending for v in self.vconns.values()) and w.now() < deadline:
+            while any(v.pending for v in self.vconns.values()) and w.now() < deadline and not self.abort_reason:
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(spec.drain_s)
+            if not self.abort_reason:
+                await asyncio.sleep(spec.drain_s)
             for task in list(self.connecting):
                 task.cancel()
             await asyncio.gather(*self.connecting, return_exceptions=True)
@@ -376,10 +395,16 @@ class Worker:
             for vc in self.vconns.values():
                 if vc.conn is not None and vc.up:
                     vc.planned_close = True
-                    closing.append(vc.conn.close())
+                    if self.abort_reason:
+                        vc.conn.abort()  # drop at once: an abort must not wait for close handshakes
+                    else:
+                        closing.append(vc.conn.close())
             # at once, each bounded: an overloaded server answers close handshakes late or never
             await asyncio.gather(*closing, return_exceptions=True)
-            if scraper is not None:
+            if scraper is not None and self.abort_reason:
+                scrape_task.cancel()  # no last look: the server may be what hangs
+                await asyncio.gather(scrape_task, return_exceptions=True)
+            elif scraper is not None:
                 stop_scrape.set()
                 await scrape_task
             for s in self.sessions:
@@ -387,4 +412,10 @@ class Worker:
             cpu = os.times()
             w.row("sample", w.now(), conn=self.wid, name="gen_cpu_seconds", value=cpu.user + cpu.system)
             w.close()
-        return {"worker": self.wid, "rows": w.rows, "generator_bugs": self.bugs, **self.counts}
+        return {
+            "worker": self.wid,
+            "rows": w.rows,
+            "generator_bugs": self.bugs,
+            "aborted": self.abort_reason,
+            **self.counts,
+        }

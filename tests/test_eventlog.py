@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,9 +32,11 @@ from eventlog import (
     read_events,
     read_manifest,
     read_run,
+    run_status,
     step_table,
     timeseries,
 )
+from eventlog.manifest import writers_record
 from eventlog.projections import peak_memory_mb, window_stats
 
 
@@ -236,3 +241,30 @@ def test_truncated_manifest_is_one_clear_error(tmp_path):
         with pytest.raises(ManifestError, match=r"manifest\.json: ") as err:
             read_manifest(run_dir)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times and states from /proc")
+def test_running_run_without_a_live_writer_is_reported_aborted(tmp_path):
+    run_dir, manifest = create_run(tmp_path, "measured", "live")
+    assert manifest["writers"]["processes"][0]["pid"] == os.getpid()
+    assert run_status(manifest) == ("running", "")  # this process writes it
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = {**manifest, "writers": {**manifest["writers"], "processes": [{"pid": child.pid, "start": None}]}}
+    status, why = run_status(dead)
+    assert status == "aborted" and str(child.pid) in why
+    reused = {**manifest, "writers": {**manifest["writers"], "processes": [{"pid": os.getpid(), "start": 1}]}}
+    assert run_status(reused)[0] == "aborted"  # a pid now held by a later process
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while not Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[1].startswith("Z"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    as_zombie = {**manifest, "writers": writers_record([zombie.pid])}
+    assert run_status(as_zombie)[0] == "aborted"  # exited, not yet reaped
+    zombie.wait()
+    elsewhere = {**manifest, "writers": {**manifest["writers"], "host": "another-host", "processes": [{"pid": 1}]}}
+    assert run_status(elsewhere)[0] == "running"  # cannot tell from here
+    assert run_status({**manifest, "status": "complete"}) == ("complete", "")
+    finish_run(run_dir, "complete")
+    assert read_run(run_dir).status == "complete"
