@@ -55,6 +55,8 @@ class SioServer(socketio.AsyncServer):
 
     async def _dispatch(self, eio_sid, data):
         lab = self.lab
+        if eio_sid not in self.environ:
+            return  # read before its session closed, handled after (a task per message): nobody to answer
         state = lab.state_of(eio_sid)
         if state is not None and state.bucket is not None and not state.bucket.take(time.monotonic()):
             return await self._rate_limited(eio_sid, state, data)
@@ -77,16 +79,24 @@ class SioServer(socketio.AsyncServer):
                 exc.packet = pkt
                 raise
         if kind == sio_packet.CONNECT:
-            await self._connect(eio_sid, pkt)
-        elif kind == sio_packet.DISCONNECT:
+            return await self._connect(eio_sid, pkt)
+        if kind not in (sio_packet.DISCONNECT, sio_packet.CONNECT_ERROR) and kind <= sio_packet.BINARY_ACK:
+            sid = self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/")
+            if sid is None or not self.manager.is_connected(sid, pkt.namespace or "/"):
+                # as Node's socket.io: a packet for a namespace the client is not connected to closes it
+                raise PacketRejected("not_connected", "packet for a namespace this client is not connected to", True)
+        if kind == sio_packet.DISCONNECT:
             await self._handle_disconnect(eio_sid, pkt.namespace, self.reason.CLIENT_DISCONNECT)
+            sock = self.eio.sockets.get(eio_sid)
+            if lab.pending is not None and sock is not None and not sock.closed and eio_sid not in lab.pending.ip:
+                lab.pending.add(eio_sid, client_ip(self.environ.get(eio_sid, {})))  # no namespace left: pending again
         elif kind == sio_packet.EVENT:
             await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
         elif kind == sio_packet.ACK:
             await self._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
         elif kind in (sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK):
-            if not self.manager.sid_from_eio_sid(eio_sid, pkt.namespace or "/"):
-                raise PacketRejected("malformed_packet", "binary packet before CONNECT", close=True)
+            if not pkt.attachment_count:  # nothing to wait for: python-socketio would hold it forever
+                raise PacketRejected("malformed_packet", "binary packet announcing no attachment", close=True)
             pkt.pending_bytes = 0
             self._binary_packet[eio_sid] = pkt
         else:
@@ -181,12 +191,8 @@ class LabServer:
         t = s.toggles
         self.metrics = Metrics()
         self.db = Database(s.db)
-        self.redis = None
-        if s.redis_url and t.token_cache:
-            import redis.asyncio as aioredis
-
-            self.redis = aioredis.from_url(s.redis_url)
-        self.auth = Authenticator(self.db, s.token_cache_ttl_s if t.token_cache else None, self.redis)
+        self.auth = Authenticator.from_settings(s, self.db, self.metrics)
+        self.redis = self.auth.redis
         self.limiter = ConnectionLimiter(s.max_connections, s.max_per_company, s.max_per_user, s.max_per_ip)
         self.bans = BanList()
         # Engine.IO sessions awaiting their Socket.IO CONNECT, and the accept rate (None: not limited)
@@ -321,6 +327,7 @@ class LabServer:
                 self.drop_eio(eio_sid, "connect_timeout")
 
     async def _start(self, app: web.Application) -> None:
+        self.sio.manager.initialize_now()  # a Redis node subscribes (and reports its link) before any client
         self.gc_monitor.install()
         self.memory.sample()
         self.metrics.tick()

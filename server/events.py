@@ -133,6 +133,11 @@ class Handlers:
             lab.metrics.errors.labels(kind="connect_error").inc()
             log.warning("connect failed: %s: %s", type(exc).__name__, str(exc)[:200])
             raise socketio.exceptions.ConnectionRefusedError("server error during connect; retry") from None
+        eio_sid = lab.sio.manager.eio_sid_from_sid(sid, "/")
+        sock = lab.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if sock is None or sock.closing or sock.closed:  # it went away while we authenticated: its disconnect
+            lab.metrics.refusals.labels(reason="closed_during_connect").inc()  # has run, so counting it would
+            raise socketio.exceptions.ConnectionRefusedError("connection closed")  # leave a phantom connection
         lab.limiter.add(user.company, user.id, ip)
         bucket = TokenBucket(s.event_rate, s.event_burst) if s.toggles.rate_limit else None
         lab.sockets[sid] = SocketState(sid, user.company, user.id, ip, time.time(), bucket)

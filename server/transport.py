@@ -20,6 +20,7 @@ keep the stock path.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -38,7 +39,14 @@ def frame_ok(data: object) -> bool:
     """An Engine.IO frame: binary, or text starting with a packet type 0-6 (or ``b``, base64 binary)."""
     if isinstance(data, (bytes, bytearray)):
         return True
-    return isinstance(data, str) and data != "" and data[0] in "0123456b"
+    if not isinstance(data, str) or data == "" or data[0] not in "0123456b":
+        return False
+    if data[0] == "b":  # base64 binary (a polling habit; rare over websocket): engine.io decodes it unguarded
+        try:
+            base64.b64decode(data[1:], validate=True)
+        except ValueError:
+            return False
+    return True
 
 
 class Outbox(asyncio.Queue):
@@ -125,7 +133,12 @@ class GuardedSocket(AsyncSocket):
             return data
 
         ws.wait = checked_wait
-        return await super()._websocket_handler(ws)
+        try:
+            return await super()._websocket_handler(ws)
+        except Exception as exc:  # whatever escapes the stock loop must still close the socket (else: a phantom)
+            self.lab.metrics.errors.labels(kind="malformed_frame").inc()
+            log.warning("closing %s after a transport error: %s: %s", self.sid, type(exc).__name__, str(exc)[:200])
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
 
 
 class LeanSocket(GuardedSocket):
