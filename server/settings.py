@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Profile = Literal["baseline", "optimized"]
 
@@ -91,6 +91,13 @@ class Settings(BaseModel):
     accept_rate: float = Field(2000.0, gt=0)  # new sessions per second for the whole node (conn_limits)
     degraded_ratio: float = Field(0.75, gt=0, le=1)
     critical_ratio: float = Field(0.90, gt=0, le=1)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("expected debug, info, warning, error or critical")
+        return value.lower()
 
     def public(self) -> dict:
         """Settings in effect, without secrets (for /socket-diagnostics)."""

@@ -275,3 +275,20 @@ def test_strict_loads_refuses_what_browsers_refuse():
     with pytest.raises(ValueError):
         strict_loads("[NaN]")
     assert strict_loads("[1.5]") == [1.5]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"log_level": "loud"}, "log_level"),
+        ({"max_outbound_bytes": 10}, "max_outbound_bytes"),
+        ({"connect_timeout_s": 0}, "connect_timeout_s"),
+        ({"max_attachments": -1}, "max_attachments"),
+    ],
+)
+def test_bad_protection_settings_are_one_line_errors(overrides, message):
+    from server import SettingsError, build_settings
+
+    with pytest.raises(SettingsError, match=message) as err:
+        build_settings("optimized", overrides, env={})
+    assert "\n" not in str(err.value)
