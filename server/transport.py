@@ -91,8 +91,9 @@ class GuardedSocket(AsyncSocket):
         sock.lab = lab
         s = lab.settings
         if s.toggles.conn_limits:
+            sid = sock.sid  # the callback must not hold the socket: a cycle would outlive the connection until a GC
             old, sock.queue = sock.queue, Outbox(
-                s.max_outbound_messages, s.max_outbound_bytes, lambda: lab.drop_eio(sock.sid, "slow_client")
+                s.max_outbound_messages, s.max_outbound_bytes, lambda: lab.drop_eio(sid, "slow_client")
             )
             while not old.empty():  # the OPEN packet engine.io queued already
                 sock.queue.put_nowait(old.get_nowait())
@@ -139,6 +140,9 @@ class GuardedSocket(AsyncSocket):
             self.lab.metrics.errors.labels(kind="malformed_frame").inc()
             log.warning("closing %s after a transport error: %s: %s", self.sid, type(exc).__name__, str(exc)[:200])
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_ERROR)
+        finally:  # break the cycles (ws -> checked_wait -> ws, socket -> ws -> handler -> socket)
+            del ws.wait
+            self.ws = None
 
 
 class LeanSocket(GuardedSocket):
@@ -146,6 +150,12 @@ class LeanSocket(GuardedSocket):
         if self.connected:  # an upgrade from polling: the stock handshake
             return await super()._websocket_handler(ws)
         self.ws = ws
+        try:
+            await self._lean_loop(ws)
+        finally:
+            self.ws = None  # socket -> ws -> handler -> socket would wait for a GC pass
+
+    async def _lean_loop(self, ws):
         self.connected = True
         self.upgraded = True
         server = self.server
