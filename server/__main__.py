@@ -69,13 +69,13 @@ async def serve(settings) -> None:
     site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
-    # `kill -USR1`: every thread's stack to stderr; registered before anyone is told the port (no race)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    print(f"listening on http://{settings.host}:{port}", flush=True)
+    # every handler is in place before anyone is told the port: a signal right after it is no race
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to stderr
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    print(f"listening on http://{settings.host}:{port}", flush=True)
     await stop.wait()
     await runner.cleanup()
 
