@@ -74,12 +74,8 @@ class StrictPacket(socketio.packet.Packet):
     max_attachments = 10
 
     def decode(self, encoded_packet):
-        try:
+        try:  # StrictJson raises PacketRejected itself (non-finite, too deep); it passes through
             count = super().decode(encoded_packet)
-        except PacketRejected:
-            raise
-        except RecursionError:
-            raise PacketRejected("too_deep", "JSON nested too deeply") from None
         except (ValueError, TypeError, IndexError) as exc:
             raise PacketRejected("malformed_packet", f"undecodable packet: {exc}", close=True) from None
         if count and count > self.max_attachments:

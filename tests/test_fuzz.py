@@ -77,7 +77,8 @@ class Target:
         deadline = time.monotonic() + 3
         while (health := await self.get("/socket-health"))["connections"] != 1:
             if time.monotonic() > deadline:
-                self.culprit = self.culprit or batch  # the first batch that failed (shrinking replays on a dirty server)
+                # the first batch that failed: shrinking replays examples on a server already dirty
+                self.culprit = self.culprit or batch
                 raise AssertionError(f"phantom connections after {self.culprit!r}: {health['connections'] - 1}")
             await asyncio.sleep(0.02)
 
