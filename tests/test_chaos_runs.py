@@ -49,6 +49,11 @@ def connections(url: str) -> int:
         return json.load(r)["connections"]["total"]
 
 
+def events_in(url: str) -> float:
+    with urllib.request.urlopen(url + "/socket-metrics", timeout=5) as r:
+        return json.load(r)["counters"]["events_in"]
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -183,6 +188,9 @@ def test_sigterm_stops_the_scenario_runner_its_server_and_workers(tmp_path, proc
         procs.pids += workers + servers
         assert len(servers) == 1
         wait_for("20 live connections", lambda: connections(url) == 20)
+        # the generator records a send before it writes the frame: an event the server has seen
+        # is a send row the abort must keep (CI once signalled between connects and first send)
+        wait_for("the server to receive events", lambda: events_in(url) >= 5)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
         wait_for("the workers to exit", lambda: not any(alive(p) for p in workers), GONE_WITHIN_S)
