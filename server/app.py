@@ -190,6 +190,7 @@ class LabServer:
         self.settings = s = settings
         t = s.toggles
         self.metrics = Metrics()
+        self.metrics.set_limits(s)
         self.db = Database(s.db)
         self.auth = Authenticator.from_settings(s, self.db, self.metrics)
         self.redis = self.auth.redis

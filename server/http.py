@@ -128,6 +128,7 @@ async def metrics(request: web.Request, lab: LabServer) -> web.Response:
     fmt = request.query.get("format", "json")
     if fmt == "prometheus":
         lab.memory.sample()
+        lab.metrics.set_companies(lab.limiter.by_company)
         return web.Response(body=generate_latest(lab.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
     if fmt != "json":
         return web.json_response({"error": f"format {fmt!r}: expected json or prometheus"}, status=400)

@@ -105,11 +105,34 @@ class Metrics:
         self.redis_local_only = Counter(
             "socketio_redis_local_only", "Emits no other node received (publish failed or none subscribed)", registry=r
         )
+        # configured limits, so alerts and dashboards divide by the limit in force, not a copied number
+        self.limit_connections = Gauge(
+            "socketio_limit_connections", "SOCKET_MAX_CONNECTIONS (refused beyond it when enforced)", registry=r
+        )
+        self.limit_company = Gauge(
+            "socketio_limit_company_connections", "Connections allowed per company (when enforced)", registry=r
+        )
+        self.limits_enforced = Gauge("socketio_limits_enforced", "1 when connection limits are enforced", registry=r)
+        self.memory_threshold = Gauge(
+            "socketio_memory_threshold_bytes", "SOCKET_MEMORY_THRESHOLD: 100 % of the memory usage", registry=r
+        )
         # registered by the Redis manager only: a node without REDIS_URL exports no link state
         self.redis_up = Gauge("socketio_redis_up", "1 while the Redis pub/sub link is subscribed", registry=None)
         self.window = LatencyWindow()
         self.started = time.time()
         self.rate_marks: deque[tuple[float, float]] = deque(maxlen=4)
+
+    def set_limits(self, settings) -> None:
+        self.limit_connections.set(settings.max_connections)
+        self.limit_company.set(settings.max_per_company)
+        self.limits_enforced.set(1 if settings.toggles.conn_limits else 0)
+        self.memory_threshold.set(settings.memory_threshold)
+
+    def set_companies(self, by_company: dict[int, int]) -> None:
+        """Connections per company id, as of now (companies with none left drop out)."""
+        self.connections_by_company.clear()
+        for company, n in by_company.items():
+            self.connections_by_company.labels(company=str(company)).set(n)
 
     def observe_latency(self, seconds: float) -> None:
         self.latency.observe(seconds)
