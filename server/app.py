@@ -15,6 +15,7 @@ from engineio.async_socket import AsyncSocket
 from socketio import packet as sio_packet
 
 from . import http
+from .alerts import SlackAlerts, readings
 from .auth import Authenticator
 from .batching import Batcher
 from .db import Database
@@ -210,6 +211,9 @@ class LabServer:
         self.gc_tuning: dict | None = None
         self.started = time.time()
         self.tasks: set[asyncio.Task] = set()
+        self.alerts = SlackAlerts(
+            s.slack_webhook_url, self.metrics.registry, s.alert_cooldown_s, s.alert_timeout_s, s.alert_retries
+        )
 
         manager = LabRedisManager(s.redis_url, channel=s.redis_channel) if s.redis_url else LabManager()
         manager.metrics = self.metrics
@@ -334,6 +338,8 @@ class LabServer:
         self.metrics.tick()
         self.spawn(self.loop_lag.run())
         self.spawn(self._metrics_loop())
+        if self.settings.slack_webhook_url:
+            self.spawn(self.alerts.run())
         if self.batcher is not None:
             self.spawn(self.batcher.run())
         if self.pending is not None:
@@ -365,6 +371,16 @@ class LabServer:
         rss = self.memory.sample()
         self.memory_status = self.memory.status(rss)
         self.metrics.tick()
+        s = self.settings
+        self.alerts.evaluate(
+            readings(
+                self.memory_status,
+                100.0 * rss / s.memory_threshold,
+                self.limiter.total,
+                s.max_connections,
+                self.sio.manager.link_state(),
+            )
+        )
         self.lag_max_window = self.loop_lag.take_max()
         self.metrics.rooms.set(self.room_count())
         if self.memory_status == "critical" and self.settings.toggles.cleanup:

@@ -60,6 +60,10 @@ class Settings(BaseModel):
     admin_token: str | None = None  # SOCKET_ADMIN_TOKEN
     redis_channel: str | None = None  # pub/sub channel + Redis key prefix; None: derived, see redis_namespace
     deployment: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")  # SOCKET_DEPLOYMENT
+    slack_webhook_url: str | None = None  # SLACK_WEBHOOK_URL: post health alerts there (server/alerts.py)
+    alert_cooldown_s: float = Field(300.0, ge=0)  # one message per alert and level per cool-down
+    alert_timeout_s: float = Field(5.0, gt=0)  # per webhook attempt
+    alert_retries: int = Field(3, ge=0, le=10)  # attempts after the first, with exponential backoff
 
     # the seed's tuning values
     max_per_company: int = Field(500, ge=1)
@@ -99,12 +103,21 @@ class Settings(BaseModel):
             raise ValueError("expected debug, info, warning, error or critical")
         return value.lower()
 
+    @field_validator("slack_webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http(s):// URL")  # the value is a secret: never echoed
+        return value
+
     def public(self) -> dict:
         """Settings in effect, without secrets (for /socket-diagnostics)."""
         data = self.model_dump()
         data["admin_token"] = "set" if self.admin_token else None
         if self.redis_url:
             data["redis_url"] = "set"
+        if self.slack_webhook_url:
+            data["slack_webhook_url"] = "set"
         return data
 
     def model_post_init(self, context: object, /) -> None:
@@ -141,7 +154,10 @@ ENV_VARS: dict[str, str] = {
     "REDIS_URL": "redis_url",
     "SOCKET_ADMIN_TOKEN": "admin_token",
     "SOCKET_DEPLOYMENT": "deployment",
+    "SLACK_WEBHOOK_URL": "slack_webhook_url",
 }
+
+SECRETS = ("admin_token", "redis_url", "slack_webhook_url")  # never echoed in an error
 
 _OFF = {"off", "false", "0", "no"}
 _ON = {"on", "true", "1", "yes"}
@@ -201,4 +217,5 @@ def build_settings(
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise SettingsError(f"setting {where}: {err['msg']} (got {err.get('input')!r})") from None
+        got = "<hidden>" if where in SECRETS else repr(err.get("input"))
+        raise SettingsError(f"setting {where}: {err['msg']} (got {got})") from None
