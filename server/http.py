@@ -30,6 +30,9 @@ def add_routes(app: web.Application, lab: LabServer) -> None:
     app.router.add_get("/socket-metrics", lambda r: metrics(r, lab))
     app.router.add_get("/socket-diagnostics", lambda r: diagnostics(r, lab))
     app.router.add_post("/socket-cleanup", lambda r: cleanup(r, lab))
+    from .dashboard import Dashboard
+
+    Dashboard(lab).add_routes(app)  # /socket-dashboard: a live page of these figures, admin when a token is set
 
 
 def by_company(lab: LabServer) -> dict[str, int]:

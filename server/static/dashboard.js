@@ -1,0 +1,118 @@
+// The /socket-dashboard page: polls /socket-metrics every data-interval-ms (SOCKET_METRICS_INTERVAL,
+// the seed's 5 s by default), shows the seed's figures and draws the last minutes as plain SVG.
+"use strict";
+
+(function () {
+  const WINDOW_MS = 5 * 60 * 1000; // what the charts keep
+  const SVG = "http://www.w3.org/2000/svg";
+  const body = document.body;
+  const interval = Math.max(100, Number(body.dataset.intervalMs) || 5000);
+  const history = []; // {t, connections, memory, p95, eps}
+  const charts = {
+    connections: { floor: 5, digits: 0 },
+    memory: { floor: 10, digits: 1 },
+    p95: { floor: 1, digits: 2 },
+    eps: { floor: 5, digits: 1 },
+  };
+  const $ = (id) => document.getElementById(id);
+
+  $("interval").textContent = interval % 1000 === 0 ? `${interval / 1000} s` : `${interval} ms`;
+  $("window").textContent = `${WINDOW_MS / 60000} minutes`;
+
+  function show(id, value, digits) {
+    const el = $(id);
+    el.dataset.value = String(value);
+    el.textContent = Number(value).toLocaleString("en-US", {
+      minimumFractionDigits: digits,
+      maximumFractionDigits: digits,
+    });
+  }
+
+  function niceCeil(x) {
+    const p = Math.pow(10, Math.floor(Math.log10(x)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= x) return m * p;
+    return 10 * p;
+  }
+
+  function el(name, attrs, text) {
+    const node = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function draw(key) {
+    const svg = $(`chart-${key}`);
+    const spec = charts[key];
+    const now = history.length ? history[history.length - 1].t : Date.now();
+    const pts = history.map((h) => [h.t, h[key]]);
+    // the x axis spans what the page has seen: at least a minute, at most WINDOW_MS
+    const span = Math.min(WINDOW_MS, Math.max(60000, pts.length ? now - pts[0][0] : 0));
+    const top = niceCeil(Math.max(spec.floor, ...pts.map((p) => p[1] * 1.1)));
+    const x0 = 40, x1 = 312, y0 = 8, y1 = 90;
+    const sx = (t) => x1 - ((now - t) / span) * (x1 - x0);
+    const sy = (v) => y1 - (v / top) * (y1 - y0);
+    svg.replaceChildren();
+    for (const f of [0, 0.5, 1]) {
+      const y = sy(top * f);
+      svg.append(el("line", { class: "grid", x1: x0, x2: x1, y1: y, y2: y }));
+      const label = (top * f).toLocaleString("en-US", { maximumFractionDigits: spec.digits || 0 });
+      svg.append(el("text", { x: x0 - 4, y: y + 3, "text-anchor": "end" }, label));
+    }
+    const ago = span >= 120000 ? `${Math.round(span / 60000)} min` : `${Math.round(span / 1000)} s`;
+    svg.append(el("text", { x: x0, y: 104 }, `−${ago}`));
+    svg.append(el("text", { x: x1, y: 104, "text-anchor": "end" }, "now"));
+    if (pts.length) {
+      const coords = pts.map(([t, v]) => `${sx(t).toFixed(1)},${sy(v).toFixed(1)}`);
+      const first = sx(pts[0][0]).toFixed(1), last = sx(pts[pts.length - 1][0]).toFixed(1);
+      svg.append(el("polygon", { class: "area", points: `${first},${y1} ${coords.join(" ")} ${last},${y1}` }));
+      svg.append(el("polyline", { class: "line", points: coords.join(" ") }));
+      const [lt, lv] = pts[pts.length - 1];
+      svg.append(el("circle", { class: "dot", cx: sx(lt).toFixed(1), cy: sy(lv).toFixed(1), r: 3 }));
+    }
+    svg.dataset.points = String(pts.length);
+    svg.dataset.last = pts.length ? String(pts[pts.length - 1][1]) : "";
+  }
+
+  function render(m) {
+    const lat = m.performance.latency;
+    const eps = m.performance.throughput.eventsPerSecond;
+    const conns = m.connections.total;
+    const status = m.memory.status;
+    show("connections", conns, 0);
+    show("memory", m.memory.usage, 1);
+    show("p95", lat.p95, 2);
+    show("eps", eps, 1);
+    const companies = Object.keys(m.connections.byCompany || {}).length;
+    $("companies").textContent = `${companies} ${companies === 1 ? "company" : "companies"} · ${m.memory.rooms} rooms`;
+    $("memory-sub").textContent = `${(m.memory.rss / 1e6).toFixed(0)} of ${(m.memory.threshold / 1e6).toFixed(0)} MB · ${m.memory.trend}`;
+    $("latency-sub").textContent = `p50 ${lat.p50} ms · p99 ${lat.p99} ms`;
+    $("eps-sub").textContent = `${Number(m.counters.events_in).toLocaleString("en-US")} received in all`;
+    const badge = $("status");
+    badge.textContent = status;
+    badge.dataset.value = status;
+    badge.className = `badge ${status}`;
+    const t = Date.now();
+    history.push({ t, connections: conns, memory: m.memory.usage, p95: lat.p95, eps });
+    while (history.length && history[0].t < t - WINDOW_MS) history.shift();
+    for (const key of Object.keys(charts)) draw(key);
+    $("updated").textContent = new Date(m.node.time * 1000).toLocaleTimeString("en-GB");
+  }
+
+  async function refresh() {
+    try {
+      const resp = await fetch("/socket-metrics", { cache: "no-store", credentials: "same-origin" });
+      if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+      render(await resp.json());
+      $("error").textContent = "";
+    } catch (err) {
+      $("error").textContent = `last refresh failed: ${err.message}`;
+    } finally {
+      body.dataset.refreshes = String(Number(body.dataset.refreshes) + 1);
+      setTimeout(refresh, interval);
+    }
+  }
+
+  for (const key of Object.keys(charts)) draw(key);
+  refresh();
+})();
