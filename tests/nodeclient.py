@@ -49,12 +49,23 @@ class NodeClient:
 
     @classmethod
     async def start(
-        cls, url: str, token: str | None, emit: list[list] = (), max_s: float = 20.0, label: str = "node"
+        cls,
+        url: str,
+        token: str | None,
+        emit: list[list] = (),
+        max_s: float = 20.0,
+        label: str = "node",
+        script: Path = SCRIPT,
+        args: list[str] = (),
     ) -> NodeClient:
-        """Start the client; it connects on its own (wait with ``connected()``) and exits by ``max_s``."""
+        """Start the client; it connects on its own (wait with ``connected()``) and exits by ``max_s``.
+
+        ``script`` is another script in ``tests/node`` taking the same --url/--token/--max-ms
+        (e.g. ``unwrap.js``), ``args`` its own extra ``--name=value`` options.
+        """
         node = node_or_skip()
         # --name=value: a token may start with "-", which parseArgs would take for an option
-        cmd = [node, str(SCRIPT), f"--url={url}", f"--max-ms={int(max_s * 1000)}"]
+        cmd = [node, str(script), f"--url={url}", f"--max-ms={int(max_s * 1000)}", *args]
         if token is not None:
             cmd.append(f"--token={token}")
         cmd += [f"--emit={json.dumps(args)}" for args in emit]
