@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.grafana import OUT, expressions, render
 from tests.sio import Client
-from tests.test_ops_prometheus import need
+from tests.test_ops_prometheus import PrometheusProcess, need
 from tests.test_server_redis_outage import RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,3 +105,58 @@ async def test_every_expression_names_a_metric_the_server_exports(tmp_path, star
     # the check can fail: a seed-style name, a histogram read as a summary, a counter without _total is caught
     for wrong in ('socketio_latency_seconds{quantile="0.95"}', "rate(socketio_refusals[5m])", "socketio_memory_usage"):
         assert selected_metrics(wrong) - exported, wrong
+
+
+# series that stay empty on a healthy node with light traffic: nothing refused, failed or disconnected
+QUIET = {
+    "socketio_refusals_total",
+    "socketio_errors_total",
+    "socketio_disconnects_total",
+    "socketio_redis_errors_total",
+    "socketio_redis_local_only_total",
+    "socketio_gc_pause_seconds_bucket",
+    "socketio_gc_pause_seconds_sum",
+}
+
+
+async def test_every_query_runs_in_a_real_prometheus(tmp_path, start_server):
+    """The dashboard's queries against a real Prometheus scraping a real node: each one is valid PromQL
+    there, and each panel that does not depend on something going wrong shows data."""
+    need("redis-server")
+    redis = RedisProcess(tmp_path / "redis.log")
+    redis.start()
+    prom = None
+    clients: list[Client] = []
+    try:
+        server, users = start_server("optimized", companies=2, users=2, env={"REDIS_URL": redis.url()})
+        prom = PrometheusProcess(tmp_path, server.url.split("//", 1)[1].rstrip("/")).start()
+        clients = [await Client.connect(server.url, u["token"]) for u in users]
+        async with aiohttp.ClientSession() as session:
+            # a scrape with the clients connected and none of their events: rates below have two samples
+            assert await prom.until(session, "first scrape", lambda s: prom.scraped(s, "socketio_connections_active"))
+            for i in range(20):
+                assert await clients[i % 2].call("chat", {"n": i}) == [{"ok": True}]
+            await prom.until(
+                session, "events scraped", lambda s: prom.scraped(s, "sum(socketio_events_received_total) >= 20")
+            )
+            model = json.loads(OUT.read_text())
+            empty = []
+            for expr in expressions(model):
+                label_values = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", expr)
+                if label_values:
+                    values = await prom.get(
+                        session, f"/api/v1/label/{label_values.group(2)}/values", **{"match[]": label_values.group(1)}
+                    )
+                    assert values == [server.url.split("//", 1)[1].rstrip("/")], (expr, values)
+                    continue
+                query = expr.replace('=~"$instance"', '=~".*"').replace("$__rate_interval", "1m")
+                result = (await prom.get(session, "/api/v1/query", query=query))["result"]  # fails on an error
+                if not result and not selected_metrics(expr) & QUIET:
+                    empty.append(expr)
+            assert not empty, f"queries without data on a node with traffic: {empty}"
+    finally:
+        for client in clients:
+            await client.close()
+        if prom is not None:
+            prom.stop()
+        redis.kill()
