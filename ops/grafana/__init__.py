@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from grafana_foundation_sdk.builders import stat, timeseries
-from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, StackingConfig
+from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, ReduceDataOptions, StackingConfig
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
     DatasourceVariable,
@@ -66,6 +66,7 @@ def big(title: str, unit: str, *targets: Dataquery, description: str = "") -> st
         .datasource(DS)
         .graph_mode(BigValueGraphMode.AREA)
         .color_mode(BigValueColorMode.VALUE)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
     )
     for target in targets:
         panel = panel.with_target(target)
