@@ -240,7 +240,12 @@ class LabServer:
             self.sio.eio.async_handlers = False
         if t.batching:
             manager.batcher = self.batcher = Batcher(
-                manager.deliver, s.batch_size, s.flush_interval_ms / 1000.0, s.compression_threshold, self.metrics
+                manager.deliver,
+                s.batch_size,
+                s.batch_max_bytes,
+                s.flush_interval_ms / 1000.0,
+                s.compression_threshold,
+                self.metrics,
             )
         else:
             self.batcher = None

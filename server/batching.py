@@ -7,8 +7,10 @@ inside one flush window arrives as ONE Socket.IO event named ``batch`` whose sin
 - when that array's JSON text is longer than the compression threshold: a binary attachment
   holding the zlib-compressed (RFC 1950) UTF-8 JSON text of the same array.
 
-A batch never holds more than ``batch_size`` entries; a full batch is sent at once. Acks are never
-batched: they go out as soon as the handler returns.
+A batch never holds more than ``batch_size`` entries nor, past its first entry, more than
+``batch_max_bytes`` of entry text; a full batch is sent at once, so one batch never outgrows a
+client's send queue (``max_outbound_bytes``) however long the window. Acks are never batched: they
+go out as soon as the handler returns.
 """
 
 from __future__ import annotations
@@ -50,30 +52,42 @@ class Batcher:
         self,
         deliver: Deliver,
         batch_size: int,
+        batch_max_bytes: int,
         flush_interval_s: float,
         compression_threshold: int,
         metrics: Metrics,
     ) -> None:
         self.deliver = deliver
         self.batch_size = batch_size
+        self.batch_max_bytes = batch_max_bytes
         self.flush_interval_s = flush_interval_s
         self.compression_threshold = compression_threshold
         self.metrics = metrics
         self.pending: dict[str, list[str]] = {}
         self.oldest: dict[str, float] = {}
+        self.size: dict[str, int] = {}  # characters of entry text pending per recipient
 
     def push(self, recipients: Iterable[str], entry: str) -> int:
         """Queue one entry for each recipient; return how many got it."""
-        pending, oldest, now, n = self.pending, self.oldest, time.perf_counter(), 0
+        pending, oldest, size, now, n = self.pending, self.oldest, self.size, time.perf_counter(), 0
+        length, max_bytes = len(entry), self.batch_max_bytes
         for sid in recipients:
             n += 1
             queue = pending.get(sid)
             if queue is None:
                 pending[sid] = [entry]
                 oldest[sid] = now
+                size[sid] = length
             else:
+                if size[sid] + length > max_bytes:  # this entry would overfill it: send what is there first
+                    del size[sid]
+                    self._send({sid: pending.pop(sid)}, {sid: oldest.pop(sid)}, now)
+                    pending[sid], oldest[sid], size[sid] = [entry], now, length
+                    continue
                 queue.append(entry)
+                size[sid] += length
                 if len(queue) >= self.batch_size:
+                    del size[sid]
                     self._send({sid: pending.pop(sid)}, {sid: oldest.pop(sid)}, now)
         return n
 
@@ -82,7 +96,7 @@ class Batcher:
         if not self.pending:
             return 0
         pending, oldest = self.pending, self.oldest
-        self.pending, self.oldest = {}, {}
+        self.pending, self.oldest, self.size = {}, {}, {}
         return self._send(pending, oldest, time.perf_counter())
 
     def _send(self, pending: dict[str, list[str]], oldest: dict[str, float], now: float) -> int:

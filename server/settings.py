@@ -74,6 +74,7 @@ class Settings(BaseModel):
     ping_timeout_s: float = Field(20.0, gt=0)
     cleanup_interval_s: float = Field(300.0, gt=0)
     batch_size: int = Field(50, ge=1)
+    batch_max_bytes: int = Field(64_000, ge=1024)  # entry text per batch; well under max_outbound_bytes (batching)
     flush_interval_ms: float = Field(100.0, gt=0)
     compression_threshold: int = Field(1024, ge=0)
 
@@ -93,6 +94,10 @@ class Settings(BaseModel):
     connect_rate_per_ip: float = Field(250.0, gt=0)  # new sessions per second per IP, token bucket (conn_limits)
     connect_burst_per_ip: float = Field(500.0, ge=1)
     accept_rate: float = Field(2000.0, gt=0)  # new sessions per second for the whole node (conn_limits)
+    # TCP connections per second per IP, refused at accept before any HTTP parsing (conn_limits; server/gate.py);
+    # twice the session rate: a session that starts on long-polling and upgrades uses two connections
+    accept_rate_per_ip: float = Field(500.0, gt=0)
+    accept_burst_per_ip: float = Field(1000.0, ge=1)
     degraded_ratio: float = Field(0.75, gt=0, le=1)
     critical_ratio: float = Field(0.90, gt=0, le=1)
 

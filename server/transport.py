@@ -8,7 +8,9 @@
   until the next read times out, about 45 s for a peer that says nothing);
 - with ``outbound`` limits (the ``conn_limits`` toggle) the send queue is bounded in messages and
   bytes: a client that does not read is dropped with reason ``slow_client`` instead of growing the
-  server's memory with its company's traffic (the slow-client backpressure engine.io lacks).
+  server's memory with its company's traffic (the slow-client backpressure engine.io lacks). The
+  bound applies while the client's connection is not taking data (the kernel's send buffer is full):
+  a burst that merely outruns the writer task inside one loop iteration is no sign of a slow reader.
 
 ``LeanSocket`` (the ``lean_transport`` toggle): python-engineio's ``_websocket_handler`` reads
 every message through a new task and an ``asyncio.wait_for`` (its dead-client timeout). The
@@ -50,12 +52,16 @@ def frame_ok(data: object) -> bool:
 
 
 class Outbox(asyncio.Queue):
-    """The send queue of one socket, bounded in messages and bytes; overflow calls ``on_overflow`` once."""
+    """The send queue of one socket, bounded in messages and bytes while ``stalled()``; overflow calls
+    ``on_overflow`` once."""
 
-    def __init__(self, max_messages: int, max_bytes: int, on_overflow: Callable[[], None]) -> None:
+    def __init__(
+        self, max_messages: int, max_bytes: int, on_overflow: Callable[[], None], stalled: Callable[[], bool]
+    ) -> None:
         super().__init__()
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.stalled = stalled
         self.on_overflow = on_overflow
         self.bytes = 0
         self.overflowed = False
@@ -66,7 +72,8 @@ class Outbox(asyncio.Queue):
                 return
             size = len(item.encode()) if item.packet_type == packet.MESSAGE else 8  # encode() is cached
             # the bound is on backlog: one packet larger than it still goes out to a client that keeps up
-            if self.qsize() >= self.max_messages or (self.bytes + size > self.max_bytes and self.qsize()):
+            over = self.qsize() >= self.max_messages or (self.bytes + size > self.max_bytes and self.qsize())
+            if over and self.stalled():
                 self.overflowed = True
                 self.on_overflow()
                 return
@@ -78,6 +85,11 @@ class Outbox(asyncio.Queue):
         if item is not None and item.packet_type == packet.MESSAGE:
             self.bytes = max(0, self.bytes - len(item.encode()))
         return item
+
+
+def peer_stalled(lab: LabServer, eio_sid: str) -> bool:
+    sock = lab.sio.eio.sockets.get(eio_sid)
+    return not isinstance(sock, GuardedSocket) or sock.stalled()
 
 
 class GuardedSocket(AsyncSocket):
@@ -92,8 +104,14 @@ class GuardedSocket(AsyncSocket):
         s = lab.settings
         if s.toggles.conn_limits:
             sid = sock.sid  # the callback must not hold the socket: a cycle would outlive the connection until a GC
-            old, sock.queue = sock.queue, Outbox(
-                s.max_outbound_messages, s.max_outbound_bytes, lambda: lab.drop_eio(sid, "slow_client")
+            old, sock.queue = (
+                sock.queue,
+                Outbox(
+                    s.max_outbound_messages,
+                    s.max_outbound_bytes,
+                    lambda: lab.drop_eio(sid, "slow_client"),
+                    lambda: peer_stalled(lab, sid),
+                ),
             )
             while not old.empty():  # the OPEN packet engine.io queued already
                 sock.queue.put_nowait(old.get_nowait())
@@ -116,9 +134,18 @@ class GuardedSocket(AsyncSocket):
             self.queue.put_nowait(None)  # ends the writer, which closes the websocket
             self.abort_later(0.0 if abort else ABORT_AFTER_S)
 
-    def abort_later(self, delay: float) -> None:
+    def transport(self) -> asyncio.Transport | None:
         request = self.ws.environ.get("aiohttp.request") if self.ws is not None else None
-        transport = request.transport if request is not None else None
+        return request.transport if request is not None else None
+
+    def stalled(self) -> bool:
+        """Is the peer not taking data? Its kernel send buffer is full (bytes wait in user space), or
+        it has no websocket (a long-polling client that stopped polling)."""
+        transport = self.transport()
+        return transport is None or transport.get_write_buffer_size() > 0
+
+    def abort_later(self, delay: float) -> None:
+        transport = self.transport()
         if transport is not None:
             asyncio.get_running_loop().call_later(delay, transport.abort)
 

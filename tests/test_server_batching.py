@@ -69,6 +69,24 @@ async def test_full_batch_is_sent_at_once(start_server):
     await a.close()
 
 
+async def test_a_batch_is_cut_by_bytes(start_server):
+    """Entries over ``batch_max_bytes`` go out before the window ends, in frames under the bound."""
+    sets = {"flush_interval_ms": 5000, "batch_max_bytes": 10_000, "compression_threshold": 0}
+    server, users = start_server("optimized", companies=1, users=2, sets=sets)
+    ready = asyncio.Event()
+    listener = asyncio.create_task(raw_frames(server.url, users[1]["token"], 1.5, ready))
+    await ready.wait()
+    sender = await Client.connect(server.url, users[0]["token"])
+    for i in range(10):
+        await sender.call("chat", {"i": i, "text": "x" * 3000})
+    frames = await listener
+    await sender.close()
+    batches = [json.loads(f[2:])[1] for _, f in frames if isinstance(f, str) and f.startswith("42")]
+    assert [e[1]["data"]["i"] for b in batches for e in b] == list(range(9))  # the 10th waits for the window
+    assert [len(b) for b in batches] == [3, 3, 3]
+    assert all(len(json.dumps(b)) < 10_000 + 100 for b in batches)
+
+
 async def test_large_batch_is_compressed_binary(start_server):
     server, users = start_server(
         "optimized", companies=1, users=2, sets={"flush_interval_ms": 100, "compression_threshold": 256}
