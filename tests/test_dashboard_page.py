@@ -108,7 +108,8 @@ async def test_page_shows_the_metrics_and_charts_follow_the_load(start_server, b
         if resp.url.endswith("/socket-metrics") and resp.ok:
             bodies.append(await resp.json())
 
-    page.on("response", lambda resp: asyncio.ensure_future(record(resp)))
+    pending: list[asyncio.Future] = []
+    page.on("response", lambda resp: pending.append(asyncio.ensure_future(record(resp))))
     resp = await page.goto(server.url + "/socket-dashboard")
     assert resp.status == 200
     assert await page.title() == "Socket.IO dashboard · node 0"
@@ -150,6 +151,7 @@ async def test_page_shows_the_metrics_and_charts_follow_the_load(start_server, b
     after = await until("connections back to 0", lambda: _connections(page, "0"))
     assert after["chart_connections"]["last"] == "0"
     await page.close()
+    await asyncio.gather(*pending, return_exceptions=True)  # a read cut short by the close is no finding
 
 
 async def _refreshed(page, bodies: list, n: int):

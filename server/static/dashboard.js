@@ -49,7 +49,7 @@
     // the x axis spans what the page has seen: at least a minute, at most WINDOW_MS
     const span = Math.min(WINDOW_MS, Math.max(60000, pts.length ? now - pts[0][0] : 0));
     const top = niceCeil(Math.max(spec.floor, ...pts.map((p) => p[1] * 1.1)));
-    const x0 = 40, x1 = 312, y0 = 8, y1 = 90;
+    const x0 = 44, x1 = 548, y0 = 10, y1 = 124;
     const sx = (t) => x1 - ((now - t) / span) * (x1 - x0);
     const sy = (v) => y1 - (v / top) * (y1 - y0);
     svg.replaceChildren();
@@ -57,11 +57,11 @@
       const y = sy(top * f);
       svg.append(el("line", { class: "grid", x1: x0, x2: x1, y1: y, y2: y }));
       const label = (top * f).toLocaleString("en-US", { maximumFractionDigits: spec.digits || 0 });
-      svg.append(el("text", { x: x0 - 4, y: y + 3, "text-anchor": "end" }, label));
+      svg.append(el("text", { x: x0 - 6, y: y + 4, "text-anchor": "end" }, label));
     }
     const ago = span >= 120000 ? `${Math.round(span / 60000)} min` : `${Math.round(span / 1000)} s`;
-    svg.append(el("text", { x: x0, y: 104 }, `−${ago}`));
-    svg.append(el("text", { x: x1, y: 104, "text-anchor": "end" }, "now"));
+    svg.append(el("text", { x: x0, y: 142 }, `−${ago}`));
+    svg.append(el("text", { x: x1, y: 142, "text-anchor": "end" }, "now"));
     if (pts.length) {
       const coords = pts.map(([t, v]) => `${sx(t).toFixed(1)},${sy(v).toFixed(1)}`);
       const first = sx(pts[0][0]).toFixed(1), last = sx(pts[pts.length - 1][0]).toFixed(1);
