@@ -9,6 +9,8 @@ hook: ``SOCKET_MEMORY_THRESHOLD`` (a tiny one puts the node's real RSS at "criti
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
 
 import aiohttp
@@ -247,3 +249,33 @@ async def test_failing_webhook_is_counted_and_serving_goes_on(start_server, mode
                     assert resp.status == 200
                 await asyncio.sleep(0.1)
         assert len(receiver.bodies) == attempts
+
+
+@pytest.mark.redis
+async def test_redis_link_down_then_back_is_a_warning_then_resolved(start_server, tmp_path):
+    """A node whose Redis is not there yet: warning; the Redis starts on that port: resolved."""
+    from tests.test_server_redis_outage import RedisProcess
+
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server required in CI")
+        pytest.skip("no redis-server binary")
+    redis_server = RedisProcess(tmp_path / "redis.log")  # a free port, nothing listening on it yet
+    try:
+        async with Receiver() as receiver:
+            start_server("optimized", companies=0, sets=FAST, env={**env(receiver), "REDIS_URL": redis_server.url()})
+            (down,) = await receiver.wait_bodies(1)
+            assert shape(down) == (
+                "🚨 Socket Alert: Redis pub/sub link down: events reach this node's clients only",
+                "warning",
+                "socketio_redis_up",
+            )
+            redis_server.start()
+            back = (await receiver.wait_bodies(2, timeout=20))[1]
+            assert shape(back) == (
+                "✅ Socket Alert resolved: redis_link is back to normal (1)",
+                "good",
+                "socketio_redis_up",
+            )
+    finally:
+        redis_server.kill()
