@@ -60,23 +60,34 @@ async def serve(settings) -> None:
     from aiohttp import web
 
     from .app import LabServer
+    from .gate import AcceptGate
 
     lab = LabServer(settings)
     # a stuck websocket handler holds aiohttp's shutdown for up to shutdown_timeout (60 s by default);
     # lab runs close their clients first, so anything still open after 3 s is cut
     runner = web.AppRunner(lab.app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    factory = runner.server
+    if settings.toggles.conn_limits:  # a per-IP accept rate before aiohttp reads a byte
+        refusals = lab.metrics.refusals
+        factory = AcceptGate(
+            runner.server,
+            settings.accept_rate_per_ip,
+            settings.accept_burst_per_ip,
+            lab.connect_rate.refusal,
+            lambda reason: refusals.labels(reason=reason).inc(),
+        )
+    listener = await loop.create_server(factory, settings.host, settings.port, backlog=4096, reuse_address=True)
+    port = listener.sockets[0].getsockname()[1]
     # every handler is in place before anyone is told the port: a signal right after it is no race
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack to stderr
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     print(f"listening on http://{settings.host}:{port}", flush=True)
     await stop.wait()
+    listener.close()  # no new connections; the runner then closes the open ones
     await runner.cleanup()
 
 

@@ -87,6 +87,10 @@ class TokenBucket:
             return True
         return False
 
+    def ready(self, now: float) -> bool:
+        """Would ``take`` succeed now? (Nothing is consumed.)"""
+        return self.tokens + (now - self.stamp) * self.rate >= 1.0
+
     def strike(self, window_s: float, now: float | None = None) -> int:
         """Record a rejected event; return the rejections within the window."""
         now = time.monotonic() if now is None else now
@@ -143,6 +147,15 @@ class ConnectRate:
             raise LimitExceeded("connect_rate_ip", f"over {self.per_ip:g} new connections/s from this address")
         if not self.total.take(now):
             raise LimitExceeded("accept_budget", "server is accepting too many connections; retry with backoff")
+
+    def refusal(self, ip: str, now: float) -> str | None:
+        """The reason ``admit(ip)`` would refuse now, or None; nothing is consumed."""
+        bucket = self.buckets.get(ip)
+        if bucket is not None and not bucket.ready(now):
+            return "connect_rate_ip"
+        if not self.total.ready(now):
+            return "accept_budget"
+        return None
 
     def sweep(self, now: float | None = None) -> int:
         """Forget buckets that have refilled (an idle IP needs no state)."""

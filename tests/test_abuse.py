@@ -10,12 +10,16 @@ import base64
 import json
 import random
 import time
+from collections import Counter
+from urllib.parse import urlsplit
 
 import aiohttp
 import psutil
 import pytest
 
 from loadgen.connection import ConnectRefused
+from server import gate
+from tests import storm
 from tests.raw import RawPeer, StalledPeer, strict_loads, ws_url
 from tests.sio import Client
 from tests.test_server_auth import metrics
@@ -144,6 +148,26 @@ async def test_attachments_are_capped_per_packet(start_server):
 
 
 # -- 4. a client that does not read ------------------------------------------------------------------
+async def test_a_batch_never_outgrows_a_readers_send_queue(start_server):
+    """Big chats inside one flush window: the batch is cut by bytes, so readers are not dropped as slow.
+
+    (Under CPU contention a 20 ms window once gathered 23 chats of 13 kB into one 303 kB batch,
+    over the 300 kB queue bound: every member of the company was dropped as ``slow_client``.)
+    """
+    sets = {"max_outbound_bytes": 300_000, "event_rate": 1000, "event_burst": 1000, "flush_interval_ms": 2000}
+    server, users = start_server("optimized", companies=1, users=2, sets=sets)
+    talker = await Client.connect(server.url, users[0]["token"])
+    listener = await Client.connect(server.url, users[1]["token"])
+    rng = random.Random(5)
+    chats = [base64.b64encode(rng.randbytes(10_000)).decode() for _ in range(40)]  # 530 kB in one window
+    await asyncio.gather(*(talker.call("chat", {"text": c}) for c in chats))
+    got = await listener.wait_events(len(chats), timeout=10, name="chat")
+    assert [e[1][0]["data"]["text"] for e in got[: len(chats)]] == chats
+    assert await prom_value(server.url, 'socketio_disconnects_total{reason="slow_client"}') == 0
+    await talker.close()
+    await listener.close()
+
+
 async def test_a_client_that_does_not_read_is_dropped_not_buffered(start_server):
     sets = {"max_outbound_bytes": 300_000, "event_rate": 1000, "event_burst": 1000, "flush_interval_ms": 20}
     server, users = start_server("optimized", companies=1, users=3, sets=sets)
@@ -223,6 +247,41 @@ async def test_connect_rate_per_ip(start_server):
     await other.close()
     for p in peers:
         await p.close()
+
+
+async def storm_from(url: str, source: str, attempts: int) -> Counter:
+    """``attempts`` websocket handshakes at once from ``source``: answers by HTTP status, or ``closed``
+    (reset or hung up on before any answer)."""
+    parts, counts = urlsplit(url), Counter()
+    await asyncio.gather(*(storm.attempt(parts.hostname, parts.port, source, counts) for _ in range(attempts)))
+    counts["closed"] = counts.pop("no_answer", 0) + counts.pop("io_error", 0)
+    return counts
+
+
+async def test_a_storm_over_the_session_rate_is_closed_at_accept_with_a_few_told_why(start_server):
+    sets = {"connect_rate_per_ip": 2, "connect_burst_per_ip": 4}
+    server, users = start_server("optimized", companies=1, users=1, sets=sets)
+    peers = [await RawPeer.open(server.url, connect=False, local_addr="127.0.0.7") for _ in range(4)]  # the burst
+    counts = await storm_from(server.url, "127.0.0.7", 60)
+    # a few still get the 429 and its reason; the rest are closed before aiohttp reads a byte
+    assert 1 <= counts["429"] <= gate.EXPLAIN_BURST + 2 and counts["429"] + counts["closed"] == 60, counts
+    other = await Client.connect(server.url, users[0]["token"], local_addr="127.0.0.8")  # another address is served
+    refusals = (await metrics(server.url))["counters"]["refusals"]
+    assert refusals["connect_rate_ip"] == 60  # one reason, however it was told
+    await other.close()
+    for p in peers:
+        await p.close()
+
+
+async def test_tcp_connections_over_the_accept_rate_are_closed_at_accept(start_server):
+    sets = {"accept_rate_per_ip": 1, "accept_burst_per_ip": 3}
+    server, users = start_server("optimized", companies=1, users=1, sets=sets)
+    counts = await storm_from(server.url, "127.0.0.9", 10)
+    assert counts["101"] == 3 and counts["closed"] == 7, counts
+    assert (await metrics(server.url))["counters"]["refusals"]["accept_rate_ip"] == 7
+    other = await Client.connect(server.url, users[0]["token"], local_addr="127.0.0.10")
+    assert await other.call("echo", 1) == [1]
+    await other.close()
 
 
 # -- 12. one line per rejected packet, one counter per cause -----------------------------------------
