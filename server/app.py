@@ -25,6 +25,7 @@ from .guard import EVENT_TYPES, PacketRejected, StrictPacket, event_name
 from .limits import BanList, ConnectionLimiter, ConnectRate, LimitExceeded, PendingSessions
 from .memory import GcMonitor, LoopLagMonitor, MemoryMonitor, tune_gc
 from .metrics import Metrics
+from .recovery import Recovery
 from .settings import Settings
 from .transport import GuardedSocket, LeanSocket
 
@@ -151,6 +152,14 @@ class SioServer(socketio.AsyncServer):
         elif self._binary_packet.pop(eio_sid, None) is not None:
             pass  # the rest of that binary packet is dropped with it
 
+    async def _handle_connect(self, eio_sid, namespace, data):
+        try:
+            return await super()._handle_connect(eio_sid, namespace, data)
+        finally:  # recovery: what the connect handler held (report, replay) goes out after the CONNECT packet
+            if self.lab.recovery is not None:
+                connected = self.manager.sid_from_eio_sid(eio_sid, "/") in self.lab.sockets
+                self.lab.recovery.release(eio_sid, connected, self.manager.send_entry)
+
     async def _handle_eio_connect(self, eio_sid, environ):
         lab = self.lab
         sock = self.eio.sockets.get(eio_sid)
@@ -249,6 +258,11 @@ class LabServer:
             )
         else:
             self.batcher = None
+        self.recovery = manager.recovery = (
+            Recovery(s.recovery_window_s, s.recovery_max_events, s.recovery_max_bytes, self.metrics, bool(s.redis_url))
+            if t.recovery
+            else None
+        )
         self.handlers = Handlers(self)
         self.handlers.register(self.sio)
         # new sessions over the connect rate are refused before engine.io sees them: a storm costs little
@@ -388,6 +402,8 @@ class LabServer:
         )
         self.lag_max_window = self.loop_lag.take_max()
         self.metrics.rooms.set(self.room_count())
+        if self.recovery is not None:
+            self.recovery.evict()  # the window runs on in a quiet room too
         if self.memory_status == "critical" and self.settings.toggles.cleanup:
             self.cleanup(collect=True)
 
@@ -417,6 +433,8 @@ class LabServer:
             "bans": self.bans.sweep(),
             "gc_objects": gc.collect() if collect else 0,
         }
+        if self.recovery is not None:
+            freed["recovery_rooms"] = self.recovery.sweep(rooms)
         for kind, n in freed.items():
             if n:
                 self.metrics.cleanups.labels(kind=kind).inc(n)

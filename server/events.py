@@ -11,17 +11,20 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import socketio
 
 from .auth import AuthError
 from .limits import LimitExceeded, TokenBucket
+from .recovery import BadRecoverRequest, parse_request
 
 if TYPE_CHECKING:
     from .app import LabServer
 
 log = logging.getLogger("server.events")
+BATCHABLE = ("echo", "chat", "join", "leave")  # events a client may send alone or inside a batch
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" would let "name\n" through
 # disconnect reasons are metric labels: a closed set (python-socketio's reasons and the server's own)
 DISCONNECT_REASONS = frozenset(
@@ -97,8 +100,10 @@ class Handlers:
     def register(self, sio: socketio.AsyncServer) -> None:
         sio.on("connect", self.connect)
         sio.on("disconnect", self.disconnect)
-        for name in ("echo", "chat", "join", "leave"):
-            sio.on(name, self.wrap(name, getattr(self, "on_" + name)))
+        self.batchable = {name: self.wrap(name, getattr(self, "on_" + name)) for name in BATCHABLE}
+        for name, handler in self.batchable.items():
+            sio.on(name, handler)
+        sio.on("batch", self.on_batch)
         sio.on("*", self.unknown)
 
     # -- connection lifecycle -------------------------------------------------------------
@@ -120,6 +125,13 @@ class Handlers:
                 lab.metrics.token_cache.labels(result="miss" if lab.db.queries > queries else "hit").inc()
             if s.toggles.conn_limits:
                 lab.limiter.check(user.company, user.id, ip)
+            recover = None
+            if lab.recovery is not None and isinstance(auth, dict) and "recover" in auth:
+                rooms, since = parse_request(auth["recover"], s.max_rooms_per_socket)
+                recover = [room_name(SimpleNamespace(company=user.company), r) for r in rooms], since
+        except (BadRecoverRequest, BadArgument, CrossTenant) as exc:
+            lab.metrics.refusals.labels(reason="bad_recover").inc()
+            raise socketio.exceptions.ConnectionRefusedError(f"bad recover payload: {exc}") from None
         except AuthError as exc:
             lab.metrics.refusals.labels(reason=exc.code).inc()
             raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
@@ -143,11 +155,15 @@ class Handlers:
         lab.sockets[sid] = SocketState(sid, user.company, user.id, ip, time.time(), bucket)
         await lab.sio.enter_room(sid, company_room(user.company))
         await lab.sio.enter_room(sid, user_room(user.company, user.id))
+        if recover is not None:
+            await self.resume(lab.sockets[sid], eio_sid, *recover)
         lab.metrics.connects.inc()
         lab.metrics.connections.inc()
 
     async def disconnect(self, sid: str, reason: str = "unknown") -> None:
         lab = self.lab
+        if lab.recovery is not None:
+            lab.recovery.forget(lab.sio.manager.eio_sid_from_sid(sid, "/"))
         state = lab.sockets.get(sid)
         if state is None or not state.connected:
             return
@@ -189,6 +205,46 @@ class Handlers:
 
         return handler
 
+    async def resume(self, state: SocketState, eio_sid: str, names: list[str], since: dict) -> None:
+        """Recovery at connect: join the named sub-rooms, then hold the report and the replay
+        until the CONNECT packet has gone out (``SioServer._handle_connect``)."""
+        lab, s = self.lab, self.lab.settings
+        joined = []
+        for name in names:
+            if s.toggles.conn_limits and name not in state.rooms and len(state.rooms) >= s.max_rooms_per_socket:
+                break
+            state.rooms.add(name)
+            joined.append(name)
+            await lab.sio.enter_room(state.sid, sub_room(state.company, name))
+        member_of = {company_room(state.company), user_room(state.company, state.user)}
+        member_of.update(sub_room(state.company, name) for name in state.rooms)
+        lab.recovery.resume(eio_sid, member_of, since, joined)
+
+    async def on_batch(self, sid: str, entries=None, *rest):
+        """A client's batch of events ``[[event, ...args], ...]``: each entry is handled as if sent alone,
+        pays the rate limit like one packet (the batch's own packet paid for the first), and its
+        reply is the ack's list at the entry's index."""
+        lab = self.lab
+        state = lab.sockets.get(sid)
+        if state is None or not state.connected:
+            return {"error": "not connected"}
+        limit = lab.settings.batch_size
+        if not isinstance(entries, list) or not entries or len(entries) > limit:
+            lab.metrics.errors.labels(kind="bad_argument").inc()
+            return {"error": "bad_argument", "detail": f"batch takes a list of 1 to {limit} [event, ...args] entries"}
+        replies = []
+        for i, entry in enumerate(entries):
+            if i and state.bucket is not None and not state.bucket.take(time.monotonic()):
+                replies.append(await self.rate_limited(state))
+                continue
+            if not isinstance(entry, list) or not entry or entry[0] not in self.batchable:
+                lab.metrics.errors.labels(kind="bad_argument").inc()
+                detail = f"entries are [event, ...args], event one of {', '.join(BATCHABLE)}"
+                replies.append({"error": "bad_argument", "detail": detail})
+                continue
+            replies.append(await self.batchable[entry[0]](sid, *entry[1:]))
+        return replies
+
     async def rate_limited(self, state: SocketState) -> dict:
         lab, s = self.lab, self.lab.settings
         state.rejected += 1
@@ -224,7 +280,13 @@ class Handlers:
             self.lab.metrics.refusals.labels(reason="room_limit").inc()
             return {"error": "room_limit", "detail": f"at most {s.max_rooms_per_socket} rooms per connection"}
         state.rooms.add(name)
-        await self.lab.sio.enter_room(state.sid, sub_room(state.company, name))
+        room = sub_room(state.company, name)
+        await self.lab.sio.enter_room(state.sid, room)
+        recovery = self.lab.recovery
+        if recovery is not None and self.lab.sio.manager.eio_sid_from_sid(state.sid, "/") in recovery.sequenced:
+            position = recovery.position(room)  # after entering: the next delivery here is position + 1
+            if position is not None:
+                return {"ok": True, "room": name, "position": {room: position}}
         return {"ok": True, "room": name}
 
     async def on_leave(self, state: SocketState, arg=None, *rest):

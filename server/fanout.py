@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from contextvars import ContextVar
 
@@ -19,11 +20,14 @@ from engineio import packet as eio_packet
 
 from .batching import Batcher, encode_entry
 from .metrics import Metrics
+from .recovery import SEQ_KEY_TTL_S, SEQ_SCRIPT, Recovery
 
 log = logging.getLogger("server.redis")
 
 # why the emit this task made last reached no other node (None: it did, or there are no others)
 _LOCAL_ONLY: ContextVar[str | None] = ContextVar("caplab_local_only", default=None)
+# [epoch, n] of the sequenced emit being delivered from the Redis channel (recovery)
+_SEQ: ContextVar[list | None] = ContextVar("caplab_seq", default=None)
 
 
 def redis_options(retries: int = 1, **extra) -> dict:
@@ -46,6 +50,7 @@ class LabManager(socketio.AsyncManager):
     batcher: Batcher | None = None
     fast_fanout: bool = False
     metrics: Metrics | None = None
+    recovery: Recovery | None = None
 
     def initialize_now(self) -> None:
         """Initialize at server start-up rather than at the first connection (python-socketio's way),
@@ -71,6 +76,15 @@ class LabManager(socketio.AsyncManager):
             sock.queue.put_nowait(p)
         return True
 
+    def send_entry(self, recipients, entry: str) -> None:
+        """Send one pre-encoded batch entry (``[event, ...args]``) to each recipient."""
+        if self.batcher is not None:
+            self.batcher.push(recipients, entry)
+            return
+        packets = [eio_packet.Packet(eio_packet.MESSAGE, "2" + entry)]
+        for eio_sid in recipients:
+            self.deliver(eio_sid, packets)
+
     async def emit(self, event, data, namespace, room=None, skip_sid=None, callback=None, to=None, **kwargs):
         namespace = namespace or "/"
         room = to or room
@@ -79,7 +93,7 @@ class LabManager(socketio.AsyncManager):
             self.metrics.events_out.inc(n)
             if self.batcher is None:
                 self.metrics.packets_out.inc(n)
-        use_fast = self.batcher is not None or self.fast_fanout
+        use_fast = self.batcher is not None or self.fast_fanout or self.recovery is not None
         if callback is not None or namespace != "/" or not use_fast:
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
         if namespace not in self.rooms:
@@ -87,14 +101,22 @@ class LabManager(socketio.AsyncManager):
         args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         recipients = [eio for sid, eio in self.get_participants(namespace, room) if sid not in skip]
+        entry = None
+        if self.recovery is not None and isinstance(room, str):
+            recipients, entry = self.recovery.route(room, event, args, recipients, self.send_entry, _SEQ.get())
         if self.batcher is not None:
-            self.batcher.push(recipients, encode_entry(event, args))
+            self.batcher.push(recipients, entry or encode_entry(event, args))
             return
         text = socketio.packet.Packet(socketio.packet.EVENT, data=[event, *args]).encode()
         parts = text if isinstance(text, list) else [text]
         packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in parts]
         for eio_sid in recipients:
             self.deliver(eio_sid, packets)
+
+
+def _sequenced(room: object) -> bool:
+    """Room emits that recovery numbers: application rooms (company, user, sub-rooms), not a sid."""
+    return isinstance(room, str) and room[1:2] == ":"
 
 
 class LabRedisManager(socketio.AsyncRedisManager, LabManager):
@@ -132,6 +154,7 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
         self._unheard_since: float | None = None  # first publish no other node heard, since they did
         self._publish_paused_until = 0.0
         self._publish_error: str | None = None
+        self._script = None  # the recovery script, registered on the current Redis client
 
     def initialize(self) -> None:
         if self.metrics is not None:
@@ -149,9 +172,40 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
 
     async def emit(self, event, data, namespace=None, room=None, skip_sid=None, callback=None, to=None, **kwargs):
         _LOCAL_ONLY.set(None)
+        room = to or room
+        data = list(data) if isinstance(data, tuple) else [data]
+        if (
+            self.recovery is not None
+            and self.link_up
+            and callback is None
+            and not kwargs.get("ignore_queue")
+            and _sequenced(room)
+            and not socketio.packet.Packet.data_is_binary(data)
+        ):
+            return await self._emit_sequenced(event, data, namespace or "/", room, skip_sid)
+        data = data[0] if len(data) == 1 else tuple(data)
         return await super().emit(
-            event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, to=to, **kwargs
+            event, data, namespace=namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs
         )
+
+    async def _emit_sequenced(self, event, data: list, namespace: str, room: str, skip_sid) -> None:
+        """Recovery: Redis numbers the emit as it publishes it; every node, this one included,
+        delivers it when the channel brings it back, so all nodes deliver a room in one order."""
+        message = {"method": "emit", "event": event, "data": data, "binary": False, "namespace": namespace,
+                   "room": room, "skip_sid": skip_sid, "callback": None, "host_id": self._seq_host_id}  # fmt: skip
+        if not await self._publish(message):  # not published (or no listener, ours included): deliver here only
+            await self._handle_emit({**message, "host_id": self.host_id})
+
+    async def _handle_emit(self, message):
+        token = _SEQ.set(message.get("seq"))
+        try:
+            return await super()._handle_emit(message)
+        finally:
+            _SEQ.reset(token)
+
+    @property
+    def _seq_host_id(self) -> str:
+        return self.host_id + ":seq"  # never this node's own host id: the listener does not skip it
 
     def delivery_ack(self) -> dict:
         detail = _LOCAL_ONLY.get()
@@ -182,7 +236,10 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
         try:
             if self.redis is None:
                 self._redis_connect()
-            heard = await self.redis.publish(self.channel, payload)
+            if data.get("host_id") == self._seq_host_id:  # recovery: INCR + PUBLISH in one step
+                _, _, heard = await self._seq_script(payload, data["room"])
+            else:
+                heard = await self.redis.publish(self.channel, payload)
         except Exception as exc:  # connection, timeout or protocol: the message did not leave this node
             self._count_error("publish")
             self._publish_paused_until = time.monotonic() + self.PUBLISH_PAUSE_S
@@ -203,6 +260,12 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
             else:
                 self._local_only(data, "no other node is subscribed to the Redis channel")
         return heard
+
+    async def _seq_script(self, payload: str, room: str) -> list:
+        if self._script is None or self._script.registered_client is not self.redis:
+            self._script = self.redis.register_script(SEQ_SCRIPT)
+        keys = [f"{self.channel}:seq:{room}", f"{self.channel}:epoch:{room}"]
+        return await self._script(keys=keys, args=[self.channel, secrets.token_hex(4), SEQ_KEY_TTL_S, payload[:-1]])
 
     def _set_link(self, up: bool, exc: BaseException | None = None) -> None:
         now = time.monotonic()

@@ -118,6 +118,10 @@ class Metrics:
         )
         # registered by the Redis manager only: a node without REDIS_URL exports no link state
         self.redis_up = Gauge("socketio_redis_up", "1 while the Redis pub/sub link is subscribed", registry=None)
+        self.recovery_bytes = Gauge("socketio_recovery_buffer_bytes", "Replay buffer memory (approximate)", registry=r)
+        self.recovery_events = Gauge("socketio_recovery_buffer_events", "Deliveries held for replay", registry=r)
+        self.recoveries = Counter("socketio_recoveries", "Room recovery requests by result", ["result"], registry=r)
+        self.recovery_replayed = Counter("socketio_recovery_replayed", "Deliveries replayed on reconnect", registry=r)
         self.window = LatencyWindow()
         self.started = time.time()
         self.rate_marks: deque[tuple[float, float]] = deque(maxlen=4)

@@ -29,6 +29,7 @@ class Toggles(BaseModel):
     gc_tuning: bool = False  # gc.freeze() after start-up and higher gen0 threshold
     uvloop: bool = False  # uvloop event loop instead of asyncio's default
     lean_transport: bool = False  # one plain await per websocket message (no task + wait_for each)
+    recovery: bool = False  # per-room sequences + replay buffer: reconnecting clients get what they missed
 
 
 PROFILES: dict[str, dict[str, bool]] = {
@@ -98,6 +99,10 @@ class Settings(BaseModel):
     # twice the session rate: a session that starts on long-polling and upgrades uses two connections
     accept_rate_per_ip: float = Field(500.0, gt=0)
     accept_burst_per_ip: float = Field(1000.0, ge=1)
+    # missed-message recovery (recovery): how long and how much each node keeps for replay
+    recovery_window_s: float = Field(120.0, gt=0)  # socket.io's connectionStateRecovery default (2 min)
+    recovery_max_events: int = Field(1000, ge=1)  # per room
+    recovery_max_bytes: int = Field(64_000_000, ge=1024)  # per node, all rooms
     degraded_ratio: float = Field(0.75, gt=0, le=1)
     critical_ratio: float = Field(0.90, gt=0, le=1)
 
