@@ -162,7 +162,7 @@ async def test_memory_status_is_posted_once_in_the_seed_shape(start_server, prof
 async def test_connections_warning_critical_resolved_and_cooldown(start_server):
     """9 of 10 -> warning; 10 -> critical; 9 (suppressed); 0 -> resolved; 9 again (suppressed until the
     cool-down ends, then announced once more)."""
-    cooldown = 4.0
+    cooldown = 6.0
     async with Receiver() as receiver:
         server, users = start_server(
             "optimized",
