@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -13,7 +14,29 @@ from pathlib import Path
 
 
 class ServerStartError(RuntimeError):
-    """The server process did not print its listening line."""
+    """The server process did not print its listening line in time (the message ends with its log's tail)."""
+
+
+def _first_line(proc: subprocess.Popen, deadline: float) -> bytes:
+    """The child's first stdout line, or what it printed by ``deadline`` (never blocks past it)."""
+    assert proc.stdout is not None
+    fd, buf = proc.stdout.fileno(), b""
+    while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:  # the child closed stdout: it exited
+            break
+        buf += chunk
+    return buf.split(b"\n", 1)[0]
+
+
+def _log_tail(path: Path | None, lines: int = 3) -> str:
+    if path is None or not path.exists():
+        return "no log kept"
+    tail = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
+    return f"{path} ends: " + " | ".join(tail) if tail else f"{path} is empty"
 
 
 def create_users(db: Path, companies: int, users_per_company: int, ttl_s: float | None = None) -> list[dict]:
@@ -50,6 +73,8 @@ class ServerProcess:
     proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        """Start the node; :class:`ServerStartError` if it has not printed its listening line within
+        ``timeout`` s (it is killed, and the error shows the tail of its log)."""
         cmd = [
             sys.executable,
             "-m",
@@ -69,17 +94,18 @@ class ServerProcess:
             cmd += ["--set", f"{name}={value}"]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env}, text=True
-            )
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env={**os.environ, **self.env})
         finally:
-            if log is not subprocess.DEVNULL:
+            if not isinstance(log, int):
                 log.close()  # the child holds its own descriptor
-        deadline = time.monotonic() + timeout
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on ") or time.monotonic() > deadline:
-            self.stop()
-            raise ServerStartError(f"server did not start: {line!r} (see {self.log_path})")
+        line = _first_line(self.proc, time.monotonic() + timeout).decode(errors="replace")
+        if not line.startswith("listening on "):
+            exited = self.proc.poll()
+            self.stop(timeout=2.0)
+            why = f"exited with code {exited}" if exited is not None else f"no listening line within {timeout:g} s"
+            raise ServerStartError(
+                f"server node {self.node} did not start ({why}; printed {line!r}); {_log_tail(self.log_path)}"
+            )
         self.url = line.split()[-1]
         return self
 
