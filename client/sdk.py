@@ -183,6 +183,10 @@ class AsyncClient:
         return auth
 
     async def _connect_once(self) -> None:
+        if self._sio is not None:  # what is left of a dropped connection: close its engine.io session and HTTP client
+            old, self._sio = self._sio, None
+            with contextlib.suppress(Exception):
+                await old.disconnect()
         sio = socketio.AsyncClient(reconnection=False)
         sio.on("batch", self._on_batch)
         sio.on("*", self._on_event)
@@ -218,10 +222,6 @@ class AsyncClient:
 
     async def _reconnect_loop(self, reason: str) -> None:
         log.info("disconnected (%s): reconnecting", reason)
-        old, self._sio = self._sio, None
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.disconnect()  # closes what is left of its engine.io session and HTTP client
         attempt = 0
         try:
             while not self._closing and (self.max_attempts is None or attempt < self.max_attempts):

@@ -28,7 +28,12 @@ node, the sender included, delivers a sequenced emit when it hears it back from 
 node sees and buffers the same order. Per-origin-node sequences would need no Redis state but
 give each client one stream per node to track, and a node's pooled connections can reorder its
 own publishes. While a node's Redis link is down its emits go out untagged (as before) and its
-buffers mark the gap, so a recovery across it fails honestly instead of skipping messages.
+buffers mark the gap, so a recovery across it fails honestly instead of skipping messages. Each
+node buffers what it heard itself: a node started after a message was sent cannot replay it
+(``gap``/``unknown``), and on Redis a node that has carried nothing of a room since it started
+cannot give that room's position (its epoch lives in Redis), so a client that drops before its
+first delivery there is told ``unknown``. When in doubt the answer is "not recovered", never a
+replay with holes.
 """
 
 from __future__ import annotations
@@ -41,7 +46,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .batching import encode_entry
-from .guard import dumps
 from .metrics import Metrics
 
 TAG = "_seq"
@@ -95,6 +99,8 @@ class Recovery:
         self.sequenced: set[str] = set()  # eio sids of clients that asked for tagged deliveries
         self.holding: dict[str, list[str]] = {}  # eio sid -> entries held until its CONNECT has gone out
         self.forgotten = 0  # room logs dropped by ``sweep``: a room without a log may have had deliveries
+        metrics.recovery_bytes.set_function(lambda: self.bytes)  # read at scrape time: nothing per emit
+        metrics.recovery_events.set_function(lambda: self.events)
 
     # -- live deliveries ---------------------------------------------------------------------
     def route(
@@ -160,7 +166,8 @@ class Recovery:
         if entry is None:
             self._reset(log, log.epoch, n + 1, "gap")
             return None
-        tagged = f'{entry[:-1]},{{"{TAG}":{dumps([room, log.epoch, n])}}}]'  # one more, last argument
+        # one more, last argument; room names ([A-Za-z0-9_.:-]) and epochs (hex) need no JSON escaping
+        tagged = f'{entry[:-1]},{{"{TAG}":["{room}","{log.epoch}",{n}]}}]'
         log.head, log.last_t = n, now
         size = sys.getsizeof(tagged) + ENTRY_OVERHEAD
         log.entries.append((n, now, tagged))
@@ -200,8 +207,6 @@ class Recovery:
                 break
             order.popleft()
             self._drop_first(log, reason)
-        self.metrics.recovery_bytes.set(self.bytes)
-        self.metrics.recovery_events.set(self.events)
 
     def sweep(self, live_rooms: Iterable[str]) -> int:
         """Forget rooms with no members and nothing buffered, idle for longer than the window."""
