@@ -1,9 +1,30 @@
 """The run format every part of the lab shares: schema, manifest, writer, reader, projections, claims."""
 
 from .claims import SEED_CLAIMS, Claim, check_claims
-from .manifest import ManifestError, create_run, finish_run, read_manifest, run_status, update_manifest
-from .projections import (
+from .load import (
+    DEFAULT_MIX,
+    GENERATOR_MAX_CPU_PCT,
+    GENERATOR_MAX_SEND_LAG_MS,
     SLO,
+    USERS_PER_COMPANY,
+    Load,
+    Step,
+    companies_needed,
+    generator_ok,
+    step_schedule,
+    users_per_company,
+)
+from .manifest import (
+    MANIFEST_VERSION,
+    Manifest,
+    ManifestError,
+    create_run,
+    finish_run,
+    read_manifest,
+    run_status,
+    update_manifest,
+)
+from .projections import (
     WARMUP_RULE,
     benchmark_row,
     compare,
@@ -21,24 +42,34 @@ from .writer import EventWriter
 
 __all__ = [
     "COLUMNS",
+    "DEFAULT_MIX",
+    "GENERATOR_MAX_CPU_PCT",
+    "GENERATOR_MAX_SEND_LAG_MS",
     "KINDS",
+    "MANIFEST_VERSION",
     "SCHEMA",
     "SCHEMA_VERSION",
     "SEED_CLAIMS",
     "SLO",
+    "USERS_PER_COMPANY",
     "WARMUP_RULE",
     "Claim",
     "EventWriter",
     "ForeignPartWarning",
+    "Load",
+    "Manifest",
     "ManifestError",
     "Run",
     "SkippedPartWarning",
+    "Step",
     "TornPartWarning",
     "benchmark_row",
     "check_claims",
+    "companies_needed",
     "compare",
     "create_run",
     "finish_run",
+    "generator_ok",
     "max_stable",
     "max_stable_throughput",
     "percentile",
@@ -46,9 +77,11 @@ __all__ = [
     "read_manifest",
     "read_run",
     "run_status",
+    "step_schedule",
     "step_table",
     "steps",
     "timeseries",
     "update_manifest",
+    "users_per_company",
     "window_stats",
 ]

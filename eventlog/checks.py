@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .projections import SLO, benchmark_row, step_table, steps
+from .load import GENERATOR_MAX_SEND_LAG_MS, SLO
+from .manifest import Manifest
+from .projections import benchmark_row, step_table, steps
 
 
 def _final_counter(df: pd.DataFrame, name: str) -> tuple[float, float] | None:
@@ -31,7 +33,7 @@ def littles_law(df: pd.DataFrame, t0: float, t1: float) -> dict:
     return {"L": L, "lambda_W": lam * W}
 
 
-def self_checks(df: pd.DataFrame, manifest: dict | None = None) -> list[dict]:
+def self_checks(df: pd.DataFrame, manifest: Manifest | None = None) -> list[dict]:
     """Named checks with ok/detail; a failed check says the figures of this run need a second look."""
     out = []
     counts = df["kind"].value_counts()
@@ -50,8 +52,7 @@ def self_checks(df: pd.DataFrame, manifest: dict | None = None) -> list[dict]:
             detail += f"; {gap:.0f} events were still queued in the server, or lost, when the run ended"
         out.append({"check": "sends recorded = events counted by the server", "ok": bool(ok), "detail": detail})
     st = steps(df)
-    slo = (manifest or {}).get("slo") or {}
-    slo = SLO(p95_s=slo.get("p95_ms", 120.0) / 1000, error_rate=slo.get("error_rate_pct", 0.1) / 100)
+    slo = SLO.from_manifest(manifest) if manifest is not None else SLO()
     table = step_table(df, slo) if len(st) else None
     held = table[table["held"]] if table is not None else None
     if held is not None and len(held):
@@ -70,10 +71,13 @@ def self_checks(df: pd.DataFrame, manifest: dict | None = None) -> list[dict]:
             }
         )
     row = benchmark_row(df, manifest, slo)
-    lagging = table[table["send_lag_p99_ms"] > 50]["step"].tolist() if table is not None else []
+    lagging = table[table["send_lag_p99_ms"] >= GENERATOR_MAX_SEND_LAG_MS]["step"].tolist() if table is not None else []
     detail = f"generator CPU {row['gen_cpu_pct']:.0f} %, send lag p99 {row['send_lag_p99_ms']:.2f} ms"
     if lagging:
-        detail += f"; send lag p99 over 50 ms in steps {lagging}: their latencies include the generator's delay"
+        detail += (
+            f"; send lag p99 over {GENERATOR_MAX_SEND_LAG_MS:g} ms in steps {lagging}: "
+            "their latencies include the generator's delay"
+        )
     out.append(
         {"check": "generator was not the bottleneck", "ok": bool(row["generator_ok"]) and not lagging, "detail": detail}
     )

@@ -31,7 +31,7 @@ SEED_CLAIMS: tuple[Claim, ...] = (
 LOWER_IS_BETTER = {"max_stable_connections": False, "max_stable_throughput_eps": False}
 
 
-def _nan(x) -> bool:
+def _nan(x: object) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
@@ -43,7 +43,8 @@ def check_claims(before: dict, after: dict, tested_connections: int | None = Non
     """
     rows = []
     for c in SEED_CLAIMS:
-        b, a = before.get(c.key), after.get(c.key)
+        b, a = before.get(c.key, math.nan), after.get(c.key, math.nan)
+        b, a = (math.nan if b is None else float(b)), (math.nan if a is None else float(a))
         lower = LOWER_IS_BETTER.get(c.key, True)
         measured_imp = improvement(b, a, lower) if not (_nan(b) or _nan(a)) else float("nan")
         if _nan(a):

@@ -8,16 +8,117 @@ import platform
 import secrets
 import socket
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .load import SLO, Load
 from .schema import SCHEMA_VERSION
 
 STATUSES = ("running", "complete", "aborted")
 
+# Version 1: the manifests written before the contract was typed (no ``manifest_version`` field; the
+# load's companies beside it as ``users``). Version 2: written from :class:`Manifest`, the load
+# records its companies and users per company. Both are read; a later version is refused.
+MANIFEST_VERSION = 2
+
 
 class ManifestError(ValueError):
     """A run folder whose ``manifest.json`` is missing, unreadable or not a manifest (names the file)."""
+
+
+class Clock(BaseModel):
+    monotonic_t0: float = Field(description="time.monotonic() at the run's t = 0 (machine-wide on Linux)")
+    wall_t0: float = Field(description="time.time() at the same moment")
+
+
+class ProcessRecord(BaseModel):
+    pid: int | None = None
+    start: int | None = Field(None, description="start time in clock ticks since boot (tells a reused pid apart)")
+
+
+class Writers(BaseModel):
+    host: str | None = None
+    boot_id: str | None = None
+    processes: list[ProcessRecord] = Field(default_factory=list)
+
+
+class ServerRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    set: dict[str, Any] = Field(default_factory=dict, description="the scenario's --set values")
+    toggles: dict[str, bool] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict, description="every server setting, secrets left out")
+
+
+class Users(BaseModel):
+    companies: int = Field(ge=1)
+    per_company: int = Field(ge=1)
+
+
+class Manifest(BaseModel):
+    """What ran, where, from which clock, and how it ended. Fields not named here (a writer's own
+    notes: ``rows``, ``wall_seconds``, ``replication``, ...) are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    manifest_version: int = Field(1, ge=1, description="1 for manifests written before the field existed")
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    name: str = ""
+    source: Literal["measured", "simulated"]
+    status: Literal["running", "complete", "aborted"]
+    started_at: str | None = None
+    ended_at: str | None = None
+    clock: Clock | None = None
+    scenario: dict[str, Any] = Field(default_factory=dict, description="the scenario file, as validated")
+    machine: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    writers: Writers | None = None
+    load: dict[str, Any] | None = Field(None, description="the load as given to its writer (a Load and more)")
+    profile: str = ""
+    label: str = ""
+    nodes: int = 1
+    server: ServerRecord | None = None
+    slo: SLO | None = None
+    users: Users | None = Field(None, description="version 1: the companies the load was run with")
+    seed: int | None = None
+    calibration: dict[str, Any] | None = None
+    steady_step: int | None = None
+    error: str | None = None
+
+    @field_validator("load", mode="before")
+    @classmethod
+    def _load_as_given(cls, value: Any) -> Any:
+        return value.model_dump() if isinstance(value, BaseModel) else value
+
+    @classmethod
+    def of(cls, manifest: Manifest | Mapping[str, Any]) -> Manifest:
+        return manifest if isinstance(manifest, Manifest) else cls.model_validate(dict(manifest))
+
+    def offered_load(self) -> Load:
+        """The run's :class:`Load` (version 1 manifests: with the companies recorded beside it)."""
+        if self.load is None:
+            raise ValueError(f"run {self.run_id} records no load")
+        load = dict(self.load)
+        if self.users is not None:
+            for key, value in (("companies", self.users.companies), ("users_per_company", self.users.per_company)):
+                if load.get(key) is None:
+                    load[key] = value
+        return Load.of(load)
+
+    @property
+    def monotonic_t0(self) -> float:
+        """The run's t = 0 on the machine-wide monotonic clock (what writers subtract)."""
+        if self.clock is None:
+            raise ValueError(f"run {self.run_id} records no clock")
+        return self.clock.monotonic_t0
+
+    def json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 def machine() -> dict:
@@ -43,10 +144,12 @@ def machine() -> dict:
     }
 
 
-def versions(packages: tuple[str, ...] = ("python-socketio", "python-engineio", "aiohttp", "simpy", "pyarrow")) -> dict:
+def versions(
+    packages: tuple[str, ...] = ("python-socketio", "python-engineio", "aiohttp", "simpy", "pyarrow"),
+) -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
+    out: dict[str, str | None] = {}
     for name in ("caplab", *packages):
         try:
             out[name] = version(name)
@@ -59,15 +162,16 @@ def new_run_id(prefix: str) -> str:
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{prefix}-{secrets.token_hex(3)}"
 
 
-def write_manifest(run_dir: Path, manifest: dict) -> None:
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
     """Atomic replace, so a reader never sees half a manifest."""
     tmp = run_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(manifest.json_dict(), indent=2, sort_keys=True, default=str))
     os.replace(tmp, run_dir / "manifest.json")
 
 
-def read_manifest(run_dir: Path | str) -> dict:
-    """The run's manifest; :class:`ManifestError` (one line, naming the file) if it cannot be read."""
+def read_manifest(run_dir: Path | str) -> Manifest:
+    """The run's manifest; :class:`ManifestError` (one line, naming the file) if it cannot be read, is
+    not a manifest, or was written by a later version of the lab."""
     path = Path(run_dir) / "manifest.json"
     try:
         manifest = json.loads(path.read_bytes().decode("utf-8"))
@@ -82,7 +186,19 @@ def read_manifest(run_dir: Path | str) -> dict:
     missing = [k for k in ("run_id", "source", "status") if not isinstance(manifest, dict) or k not in manifest]
     if missing:
         raise ManifestError(f"{path}: not a run manifest (no {', '.join(missing)})")
-    return manifest
+    version = manifest.get("manifest_version", 1)
+    if isinstance(version, int) and version > MANIFEST_VERSION:
+        raise ManifestError(
+            f"{path}: manifest version {version} is newer than this caplab reads (up to {MANIFEST_VERSION}); "
+            "upgrade caplab to read it"
+        )
+    try:
+        return Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ManifestError(f"{path}: not a valid run manifest: {where}: {err['msg']}{more}") from None
 
 
 # -- liveness: is a run that says 'running' still being written? -----------------------------------
@@ -105,16 +221,16 @@ def _proc_start(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
-def process_record(pid: int | None = None) -> dict:
+def process_record(pid: int | None = None) -> ProcessRecord:
     """How a writer process is recorded: its pid and (on Linux) its start time, which tells a
     process from a later one that reused the pid."""
     pid = os.getpid() if pid is None else pid
     proc = _proc_start(pid)
-    return {"pid": pid, "start": proc[1] if proc else None}
+    return ProcessRecord(pid=pid, start=proc[1] if proc else None)
 
 
-def _alive(record: dict) -> bool:
-    pid, start = record.get("pid"), record.get("start")
+def _alive(record: ProcessRecord) -> bool:
+    pid, start = record.pid, record.start
     if not isinstance(pid, int) or pid <= 0:
         return False
     proc = _proc_start(pid)
@@ -132,24 +248,25 @@ def _alive(record: dict) -> bool:
     return True
 
 
-def writers_record(pids: list[int] | None = None) -> dict:
-    return {
-        "host": socket.gethostname(),
-        "boot_id": _boot_id(),
-        "processes": [process_record(p) for p in (pids or [os.getpid()])],
-    }
+def writers_record(pids: list[int] | None = None) -> Writers:
+    return Writers(
+        host=socket.gethostname(),
+        boot_id=_boot_id(),
+        processes=[process_record(p) for p in (pids or [os.getpid()])],
+    )
 
 
-def add_writers(run_dir: Path | str, pids: list[int]) -> dict:
+def add_writers(run_dir: Path | str, pids: list[int]) -> Manifest:
     """Record more writer processes of a running run (the generator's workers)."""
     manifest = read_manifest(run_dir)
-    writers = manifest.setdefault("writers", writers_record())
-    writers["processes"] += [process_record(p) for p in pids]
+    if manifest.writers is None:
+        manifest.writers = writers_record()
+    manifest.writers.processes += [process_record(p) for p in pids]
     write_manifest(Path(run_dir), manifest)
     return manifest
 
 
-def run_status(manifest: dict) -> tuple[str, str]:
+def run_status(manifest: Manifest | Mapping[str, Any]) -> tuple[str, str]:
     """The status to report and why, applying the liveness rule to runs that say 'running'.
 
     A run's manifest names its writer processes (host, boot id, pid and start time of each). A
@@ -157,18 +274,19 @@ def run_status(manifest: dict) -> tuple[str, str]:
     (gone, a zombie, a pid reused by a later process, or the machine rebooted since): nobody is left
     to finish it. Recorded on another host, or before writers were recorded, it stays 'running'.
     """
-    status = manifest.get("status", "?")
+    m = Manifest.of(manifest)
+    status = m.status
     if status != "running":
         return status, ""
-    writers = manifest.get("writers")
-    if not isinstance(writers, dict) or not writers.get("processes"):
+    writers = m.writers
+    if writers is None or not writers.processes:
         return status, "no writer processes recorded: liveness unknown"
-    if writers.get("host") != socket.gethostname():
-        return status, f"written on host {writers.get('host')!r}: liveness not checkable here"
-    pids = ", ".join(str(p.get("pid")) for p in writers["processes"])
-    if writers.get("boot_id") and _boot_id() and writers["boot_id"] != _boot_id():
+    if writers.host != socket.gethostname():
+        return status, f"written on host {writers.host!r}: liveness not checkable here"
+    pids = ", ".join(str(p.pid) for p in writers.processes)
+    if writers.boot_id and _boot_id() and writers.boot_id != _boot_id():
         return "aborted", f"recorded 'running'; the machine has rebooted since (writers {pids})"
-    if any(_alive(p) for p in writers["processes"]):
+    if any(_alive(p) for p in writers.processes):
         return status, ""
     return "aborted", f"recorded 'running', but no writer process is alive (pids {pids})"
 
@@ -178,47 +296,45 @@ def create_run(
     source: str,
     name: str,
     scenario: dict | None = None,
-    **fields: object,
-) -> tuple[Path, dict]:
+    **fields: Any,
+) -> tuple[Path, Manifest]:
     """Create ``root/<run-id>/`` with a 'running' manifest; returns the folder and the manifest."""
     if source not in ("measured", "simulated"):
         raise ValueError(f"source {source!r}: expected 'measured' or 'simulated'")
     run_id = new_run_id(name)
     run_dir = Path(root) / run_id
     (run_dir / "events").mkdir(parents=True)
-    manifest = {
-        "run_id": run_id,
-        "name": name,
-        "source": source,
-        "schema_version": SCHEMA_VERSION,
-        "status": "running",
-        "started_at": datetime.now(UTC).isoformat(),
-        "clock": {"monotonic_t0": time.monotonic(), "wall_t0": time.time()},
-        "scenario": scenario or {},
-        "machine": machine(),
-        "versions": versions(),
-        "writers": writers_record(),
-        **fields,
-    }
+    manifest = Manifest.model_validate(
+        {
+            "manifest_version": MANIFEST_VERSION,
+            "run_id": run_id,
+            "name": name,
+            "source": source,
+            "schema_version": SCHEMA_VERSION,
+            "status": "running",
+            "started_at": datetime.now(UTC).isoformat(),
+            "clock": Clock(monotonic_t0=time.monotonic(), wall_t0=time.time()),
+            "scenario": scenario or {},
+            "machine": machine(),
+            "versions": versions(),
+            "writers": writers_record(),
+            **fields,
+        }
+    )
     write_manifest(run_dir, manifest)
     return run_dir, manifest
 
 
-def finish_run(run_dir: Path | str, status: str = "complete", **fields: object) -> dict:
+def finish_run(run_dir: Path | str, status: str = "complete", **fields: Any) -> Manifest:
     if status not in STATUSES:
         raise ValueError(f"status {status!r}: expected one of {STATUSES}")
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
-    manifest.update(fields)
-    manifest["status"] = status
-    manifest["ended_at"] = datetime.now(UTC).isoformat()
-    write_manifest(run_dir, manifest)
-    return manifest
+    return update_manifest(run_dir, **fields, status=status, ended_at=datetime.now(UTC).isoformat())
 
 
-def update_manifest(run_dir: Path | str, **fields: object) -> dict:
+def update_manifest(run_dir: Path | str, **fields: Any) -> Manifest:
+    """Set fields of a run's manifest (validated as the manifest's own)."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    manifest.update(fields)
-    write_manifest(run_dir, manifest)
-    return manifest
+    updated = Manifest.model_validate({**manifest.json_dict(), **fields})
+    write_manifest(run_dir, updated)
+    return updated

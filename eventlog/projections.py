@@ -4,8 +4,8 @@ One code path for measured and simulated runs. Rules, stated once:
 
 - Steps: ``sample`` rows named ``step`` mark the start of each load step (value = target
   connections); a ``sample`` row named ``end`` closes the last one.
-- Warm-up cut: inside each step only ``[start + settle, end)`` counts, where
-  ``settle = max(1 s, 25 % of the step)``.
+- Warm-up cut: {warmup} (inside a step only
+  ``[hold start + settle, end)`` counts).
 - Latency: ``ack`` and ``push`` rows, placed in a window by their intended send time
   (``t - latency_s``); percentiles are nearest-rank over every sample, never averaged.
 - Errors: ``connect_fail + timeout + reject + error`` over ``connect_start + send + error`` (an
@@ -20,20 +20,22 @@ One code path for measured and simulated runs. Rules, stated once:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import pandas as pd
 
+from .load import SLO, generator_ok
+from .manifest import Manifest
+from .schema import GEN_CPU
+
 ERROR_KINDS = ("connect_fail", "timeout", "reject", "error")
 ATTEMPT_KINDS = ("connect_start", "send", "error")
-WARMUP_RULE = "each step counts from max(1 s, 25 % of its hold) after its connection ramp ends"
-
-
-@dataclass(frozen=True)
-class SLO:
-    p95_s: float = 0.120
-    error_rate: float = 0.001
+WARMUP_MIN_S = 1.0
+WARMUP_FRACTION = 0.25
+WARMUP_RULE = (
+    f"each step counts from max({WARMUP_MIN_S:g} s, {100 * WARMUP_FRACTION:g} % of its hold) "
+    "after its connection ramp ends"
+)
+__doc__ = (__doc__ or "").format(warmup=WARMUP_RULE)
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -53,11 +55,11 @@ def steps(df: pd.DataFrame) -> pd.DataFrame:
     t_end = float(ends["t"].max()) if len(ends) else float(df["t"].max()) if len(df) else 0.0
     starts = marks["t"].to_numpy(float)
     targets = marks["value"].to_numpy(float)
-    stops = np.append(starts[1:], t_end)
+    stops = np.append(starts[1:], t_end) if len(starts) else starts
     # a step's hold starts after its connection ramp, where the generator marked it
     in_step = [(holds >= a) & (holds < b) for a, b in zip(starts, stops, strict=True)]
     hold = np.array([holds[m].min() if m.any() else a for m, a in zip(in_step, starts, strict=True)])
-    settle = np.maximum(1.0, 0.25 * (stops - hold))
+    settle = np.maximum(WARMUP_MIN_S, WARMUP_FRACTION * (stops - hold))
     return pd.DataFrame(
         {
             "step": np.arange(len(starts)),
@@ -77,7 +79,7 @@ def live_connections(df: pd.DataFrame) -> pd.Series:
     return pd.Series(np.cumsum(delta), index=ev["t"].to_numpy())
 
 
-def _latencies(df: pd.DataFrame, t0: float, t1: float, kinds=("ack", "push")) -> np.ndarray:
+def _latencies(df: pd.DataFrame, t0: float, t1: float, kinds: tuple[str, ...] = ("ack", "push")) -> np.ndarray:
     ev = df[df["kind"].isin(kinds)]
     sent = ev["t"].to_numpy() - ev["latency_s"].to_numpy()
     return ev["latency_s"].to_numpy()[(sent >= t0) & (sent < t1)]
@@ -107,8 +109,10 @@ def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
     }
 
 
-def step_table(df: pd.DataFrame, slo: SLO = SLO()) -> pd.DataFrame:
-    """Per step: target and reached connections, latency, errors, throughput, and whether it held."""
+def step_table(df: pd.DataFrame, slo: SLO | None = None) -> pd.DataFrame:
+    """Per step: target and reached connections, latency, errors, throughput, and whether it held
+    (against ``slo``, by default :class:`SLO`'s default)."""
+    slo = slo or SLO()
     rows = []
     live = live_connections(df)
     for st in steps(df).itertuples():
@@ -173,7 +177,10 @@ def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
 
 
 def benchmark_row(
-    df: pd.DataFrame, manifest: dict | None = None, slo: SLO = SLO(), steady_step: int | None = None
+    df: pd.DataFrame,
+    manifest: Manifest | None = None,
+    slo: SLO | None = None,
+    steady_step: int | None = None,
 ) -> dict:
     """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health.
 
@@ -181,12 +188,14 @@ def benchmark_row(
     manifest's ``steady_step``, else the last step); max stable connections and throughput from
     the whole ramp; peak memory from the whole run.
     """
-    manifest = manifest or {}
+    slo = slo or (SLO.from_manifest(manifest) if manifest is not None else SLO())
+    st = steps(df)
+    if st.empty:
+        raise ValueError("the log holds no load steps (sample rows 'step'): no benchmark row")
     table = step_table(df, slo)
     best, lower_bound = max_stable(table)
-    st = steps(df)
-    if steady_step is None:
-        steady_step = manifest.get("steady_step")
+    if steady_step is None and manifest is not None:
+        steady_step = manifest.steady_step
     k = int(steady_step) if steady_step is not None and len(st) else len(st) - 1
     t0, t1 = (st["window_start"].iloc[k], st["end"].iloc[k]) if len(st) else (0.0, float(df["t"].max() or 0))
     steady = window_stats(df, t0, t1)
@@ -200,20 +209,21 @@ def benchmark_row(
     oks = df[df["kind"] == "connect_ok"]["t"]
     starts = df[df["kind"] == "connect_start"]["t"]
     ramp = (oks.max() - starts.min()) if len(oks) else float("nan")
-    gen_cpu = df[(df["kind"] == "sample") & (df["name"] == "gen_cpu_seconds")]
+    gen_cpu = df[(df["kind"] == "sample") & df["name"].astype(str).str.startswith(GEN_CPU)]
     gen_pct = float("nan")
     if len(gen_cpu) >= 2:
         gen_pct = 0.0
-        for _, g in gen_cpu.groupby("conn"):  # conn column carries the generator worker id
+        # one series per worker: named gen_cpu_seconds:<worker> (schema 1 runs: one name, the worker in conn)
+        for _, g in gen_cpu.groupby([gen_cpu["name"].astype(str), "conn"]):
             if len(g) >= 2:
                 gen_pct += (
                     100 * (g["value"].iloc[-1] - g["value"].iloc[0]) / max(g["t"].iloc[-1] - g["t"].iloc[0], 1e-9)
                 )
     sends = df[df["kind"] == "send"]["latency_s"].to_numpy()
     row = {
-        "run_id": manifest.get("run_id", ""),
-        "source": manifest.get("source", ""),
-        "profile": manifest.get("profile", ""),
+        "run_id": manifest.run_id if manifest else "",
+        "source": manifest.source if manifest else "",
+        "profile": manifest.profile if manifest else "",
         "steady_step": k,
         "connections": int(st["target"].iloc[k]) if len(st) else 0,
         "max_stable_connections": best,
@@ -239,10 +249,7 @@ def benchmark_row(
         "pushes": int(counts.get("push", 0)),
         "errors": errors,
     }
-    row["generator_ok"] = bool(
-        (np.isnan(row["gen_cpu_pct"]) or row["gen_cpu_pct"] < 90)
-        and (np.isnan(row["send_lag_p99_ms"]) or row["send_lag_p99_ms"] < 50)
-    )
+    row["generator_ok"] = generator_ok(row["gen_cpu_pct"], row["send_lag_p99_ms"])
     return row
 
 
@@ -312,7 +319,3 @@ def compare(before: dict, after: dict) -> pd.DataFrame:
         b, a = before.get(key, float("nan")), after.get(key, float("nan"))
         rows.append({"metric": label, "key": key, "before": b, "after": a, "improvement_pct": improvement(b, a, lower)})
     return pd.DataFrame(rows)
-
-
-def slo_dict(slo: SLO) -> dict:
-    return asdict(slo)

@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .manifest import read_manifest, run_status
+from .manifest import Manifest, read_manifest, run_status
 from .schema import SCHEMA
 
 
@@ -34,12 +34,12 @@ class ForeignPartWarning(SkippedPartWarning):
 @dataclass
 class Run:
     path: Path
-    manifest: dict
+    manifest: Manifest
     events: pd.DataFrame
 
     @property
     def run_id(self) -> str:
-        return self.manifest["run_id"]
+        return self.manifest.run_id
 
     @property
     def status(self) -> str:

@@ -21,6 +21,15 @@ KINDS: tuple[str, ...] = (
 )
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
+# Sample rows of the generator's own CPU seconds, one series per worker: ``gen_cpu_seconds:<worker>``.
+# (Runs written before this carried the worker id in ``conn`` under the bare name; both are read.)
+GEN_CPU = "gen_cpu_seconds"
+
+
+def gen_cpu_name(worker: int) -> str:
+    return f"{GEN_CPU}:{worker}"
+
+
 # column -> (arrow type, meaning)
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "t": (pa.float64(), "seconds since the run started (machine-wide monotonic clock)"),

@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import KIND_INDEX, KINDS, SCHEMA
+
+Column = np.ndarray | list[Any]  # one column of rows, as numpy array or list
 
 NAN = math.nan
 _KIND_DICT = pa.array(KINDS, pa.string())
@@ -88,11 +92,22 @@ class EventWriter:
         if len(self.t) >= self.flush_rows:
             self.flush()
 
-    def columns(self, t, kind, conn, node, name, latency_s, nbytes, value, names: list[str]) -> None:
+    def columns(
+        self,
+        t: Column,
+        kind: Column,
+        conn: Column,
+        node: Column,
+        name: Column,
+        latency_s: Column,
+        nbytes: Column,
+        value: Column,
+        names: list[str],
+    ) -> None:
         """Append whole columns at once (numpy arrays; ``kind`` as KIND_INDEX codes, ``name`` as codes
         into ``names``). The fast path for simulated runs."""
         self.flush()
-        self._write_table(self._table(t, kind, conn, node, name, latency_s, nbytes, value, names))
+        self._write_table(self._table((t, kind, conn, node, name, latency_s, nbytes, value), names))
 
     def maybe_flush(self) -> None:
         if self.t and time.monotonic() - self.last_flush >= self.flush_s:
@@ -102,13 +117,13 @@ class EventWriter:
         if not self.t:
             self.last_flush = time.monotonic()
             return
-        names = [None] * len(self.names)
+        names: list[str | None] = [None] * len(self.names)
         for n, i in self.names.items():
             names[i] = n
         cols = (self.t, self.kind, self.conn, self.node, self.name, self.latency, self.nbytes, self.value)
         self._clear()
         if self.pool is None:
-            self._write_table(self._table(*cols, names))
+            self._write_table(self._table(cols, names))
             return
         seq, self.seq = self.seq, self.seq + 1
         self.rows += len(cols[0])
@@ -116,7 +131,9 @@ class EventWriter:
         self.pending = [f for f in self.pending if not f.done() or f.result() is not None]
         self.pending.append(self.pool.submit(self._write_part, self._table, cols, names, seq))
 
-    def _table(self, t, kind, conn, node, name, latency_s, nbytes, value, names) -> pa.Table:
+    def _table(self, cols: Sequence[Column], names: Sequence[str | None]) -> pa.Table:
+        """The columns in schema order (t, kind, conn, node, name, latency_s, bytes, value) as a table."""
+        t, kind, conn, node, name, latency_s, nbytes, value = cols
         kind_arr = pa.DictionaryArray.from_arrays(pa.array(np.asarray(kind, np.int8)), _KIND_DICT)
         name_arr = pa.DictionaryArray.from_arrays(pa.array(np.asarray(name, np.int32)), pa.array(names, pa.string()))
         return pa.Table.from_arrays(
@@ -133,15 +150,15 @@ class EventWriter:
             schema=SCHEMA,
         )
 
-    def _write_part(self, build, cols, names, seq: int) -> None:
-        table = build(*cols, names)
+    def _write_part(self, build: Callable[..., pa.Table], cols: tuple, names: Sequence[str | None], seq: int) -> None:
+        table = build(cols, names)
         path = self.dir / f"part-{self.writer}-{seq:06d}.parquet"
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
 
     def _write_table(self, table: pa.Table) -> None:
-        self._write_part(lambda *_: table, (), None, self.seq)
+        self._write_part(lambda *_: table, (), [], self.seq)
         self.seq += 1
         self.rows += table.num_rows
         self.last_flush = time.monotonic()
@@ -158,5 +175,5 @@ class EventWriter:
     def __enter__(self) -> EventWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

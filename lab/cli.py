@@ -26,7 +26,7 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import benchmark_row, read_run
     from loadgen import read_tokens, run_load
-    from loadgen.run import abort_on_signals
+    from loadgen.launch import abort_on_signals
 
     from .loadcli import spec_from_args
     from .tables import format_row
@@ -68,7 +68,7 @@ def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
             print(f"{d.name:<44} {'?':<10} {'damaged':<9} {'':<10} {one_line(exc)}")
             continue
         status, why = run_status(m)
-        print(f"{m['run_id']:<44} {m['source']:<10} {status:<9} {m.get('profile') or '':<10} {why}".rstrip())
+        print(f"{m.run_id:<44} {m.source:<10} {status:<9} {m.profile:<10} {why}".rstrip())
     return 0
 
 
@@ -85,9 +85,9 @@ def _show_run(run_dir: Path) -> int:
     for w in caught:
         print(f"caplab runs: warning: {one_line(w.message)}", file=sys.stderr)
     status, why = run_status(run.manifest)
-    shown = dict(run.manifest)
-    if status != run.manifest["status"]:
-        shown.update(status=status, status_recorded=run.manifest["status"], status_reason=why)
+    shown = run.manifest.json_dict()
+    if status != run.manifest.status:
+        shown.update(status=status, status_recorded=run.manifest.status, status_reason=why)
     print(json.dumps(shown, indent=2, default=str))
     try:
         row = benchmark_row(run.events, run.manifest)
@@ -99,7 +99,7 @@ def _show_run(run_dir: Path) -> int:
 
 
 def _why_no_row(run: Run, exc: Exception) -> str:
-    planned = len((run.manifest.get("load") or {}).get("steps") or [])
+    planned = len((run.manifest.load or {}).get("steps") or [])
     ev = run.events
     found = int(((ev["kind"] == "sample") & (ev["name"] == "step")).sum())
     if planned and found != planned:
@@ -108,7 +108,7 @@ def _why_no_row(run: Run, exc: Exception) -> str:
 
 
 def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
-    from loadgen.run import abort_on_signals
+    from loadgen.launch import abort_on_signals
 
     from .runner import run_scenario
 
@@ -138,14 +138,20 @@ def validated_scenario(path: str) -> Scenario:
 
 
 def _measured_run(path: str) -> Path:
-    from eventlog import ManifestError, read_manifest
+    """A measured run whose log holds its load steps, or a one-line UsageError."""
+    from eventlog import ManifestError, read_manifest, read_run
 
     try:
-        source = read_manifest(path).get("source")
+        source = read_manifest(path).source
     except ManifestError as exc:
         raise UsageError(f"--reuse {exc}; nothing started") from None
     if source != "measured":
         raise UsageError(f"--reuse takes measured runs; {path} is {source}; nothing started")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a skipped part shows when the run is analysed
+        ev = read_run(path).events
+    if not ((ev["kind"] == "sample") & (ev["name"] == "step")).any():
+        raise UsageError(f"--reuse {path}: its event log holds no load steps (sample rows 'step'); nothing started")
     return Path(path)
 
 
@@ -156,7 +162,11 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
     if args.live:
         from .live import scrape_live
 
-        runs = [read_run(scrape_live(args.live, args.seconds, Path(args.runs)))]
+        if not args.profile:
+            raise UsageError(
+                "--live needs --profile baseline|optimized: /socket-metrics does not show the node's settings"
+            )
+        runs = [read_run(scrape_live(args.live, args.seconds, Path(args.runs), args.profile))]
     else:
         if not args.run:
             raise UsageError("name measured run folders, or --live URL")
@@ -177,19 +187,27 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
-    from eventlog import benchmark_row, read_run
+    from pydantic import ValidationError
+
+    from eventlog import benchmark_row, companies_needed, read_run
     from model import Calibration, Workload, confidence, replicate
 
     cal = Calibration.load(args.calibration)
     if args.connections < 1 or args.rate < 0 or args.duration <= 0:
         raise UsageError("--connections >= 1, --rate >= 0 and --duration > 0 are required")
-    wl = Workload(
-        steps=[{"connections": args.connections, "hold_s": args.duration}],
-        events_per_second=args.rate * args.connections,
-        mix=_mix(args.mix),
-        companies=max(1, -(-args.connections // 500)),
-        connect_rate=args.connect_rate,
-    )
+    try:
+        wl = Workload.model_validate(
+            {
+                "steps": [{"connections": args.connections, "hold_s": args.duration}],
+                "events_per_second": args.rate * args.connections,
+                "mix": _mix(args.mix),
+                "companies": companies_needed(args.connections),
+                "connect_rate": args.connect_rate,
+            }
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UsageError(f"{'.'.join(str(x) for x in err['loc']) or 'load'}: {err['msg']}") from None
     dirs = replicate(cal, wl, args.out, args.replications, args.seed, nodes=args.nodes, name="simulate")
     rows = [benchmark_row(r.events, r.manifest) for r in map(read_run, dirs)]
     for m in ("p50_ms", "p95_ms", "p99_ms", "throughput_eps", "mean_cpu_pct", "peak_memory_mb", "error_rate_pct"):
@@ -222,6 +240,10 @@ def cmd_report(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from eventlog.load import DEFAULT_MIX
+
+    from .loadcli import add_load_arguments, mix_text
+
     p = argparse.ArgumentParser(
         prog="caplab",
         description="Capacity-planning lab for Socket.IO services. Runs go to runs/ by default.",
@@ -236,8 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run one server node (same flags as python -m server)", add_help=False)
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("load", help="run open-loop load against a server into a new run folder")
-    from .loadcli import add_load_arguments
-
     add_load_arguments(s)
     s.set_defaults(func=cmd_load)
     s = sub.add_parser("run", help="run a scenario file end to end (measure/simulate/compare/sweep, report)")
@@ -252,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--live", help="instead: scrape this node's /socket-metrics (loopback only)")
     s.add_argument("--seconds", type=float, default=60.0, help="how long to scrape --live")
+    s.add_argument(
+        "--profile", choices=["baseline", "optimized"], help="with --live: the profile the node runs (its settings)"
+    )
     s.add_argument("--runs", default="runs")
     s.set_defaults(func=cmd_calibrate)
     s = sub.add_parser("simulate", help="simulate a load with a calibration; prints the run folders last")
@@ -262,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replications", type=int, default=1)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--nodes", type=int, default=1)
-    s.add_argument("--mix", default="echo=0.99,chat=0.01")
+    s.add_argument("--mix", default=mix_text(DEFAULT_MIX), help=f"event mix (default {mix_text(DEFAULT_MIX)})")
     s.add_argument("--connect-rate", type=float, default=1000.0)
     s.add_argument("--out", default="runs")
     s.set_defaults(func=cmd_simulate)
@@ -290,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caplab {args.command}: interrupted; the run folder keeps what was written", file=sys.stderr)
         return 130
     except BaseException as exc:
-        run = sys.modules.get("loadgen.run")  # only loaded by the commands that can raise RunAborted
+        run = sys.modules.get("loadgen.launch")  # only loaded by the commands that can raise RunAborted
         if run is None or not isinstance(exc, run.RunAborted):
             raise
         where = f": {exc.run_dir}" if getattr(exc, "run_dir", None) else ""

@@ -10,10 +10,23 @@ from loadgen import LoadSpec
 from loadgen.scrape import Scraper
 
 
-def scrape_live(url: str, seconds: float, runs_root: Path, interval_s: float = 1.0) -> Path:
+def scrape_live(url: str, seconds: float, runs_root: Path, profile: str, interval_s: float = 1.0) -> Path:
+    """Scrape ``url`` for ``seconds`` into a new measured run. /socket-metrics does not show the node's
+    settings, so the run records those of ``profile`` (as the operator declared it runs)."""
+    from server.settings import build_settings
+
     LoadSpec(url=url, steps=[{"connections": 1, "hold_s": 1}])  # the same loopback-only rule as load
-    run_dir, manifest = create_run(runs_root, "measured", "live", scrape=[url], profile="live")
-    writer = EventWriter(run_dir, "scrape", t0=manifest["clock"]["monotonic_t0"])
+    settings = build_settings(profile, {}, env={})
+    run_dir, manifest = create_run(
+        runs_root,
+        "measured",
+        "live",
+        scrape=[url],
+        profile=profile,
+        label="live",
+        server={"set": {}, "toggles": settings.toggles.model_dump(), "settings": settings.public()},
+    )
+    writer = EventWriter(run_dir, "scrape", t0=manifest.monotonic_t0)
     writer.row("sample", 0.0, name="step", value=0.0)
 
     async def go() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
+from eventlog.load import DEFAULT_MIX
 from loadgen import LoadSpec
 
 from .errors import UsageError
@@ -31,7 +32,9 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, help="hold seconds (env TEST_DURATION in ms; default 30)")
     p.add_argument("--steps", help="step ramp instead: CONNS:HOLD_S,... e.g. 200:10,1000:10,2000:10")
     p.add_argument("--connect-rate", type=float, default=200.0, help="new connections per second (default 200)")
-    p.add_argument("--mix", default="echo=0.9,chat=0.1", help="event mix, NAME=WEIGHT,... (echo, chat)")
+    p.add_argument(
+        "--mix", default=mix_text(DEFAULT_MIX), help=f"event mix, NAME=WEIGHT,... (default {mix_text(DEFAULT_MIX)})"
+    )
     p.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
     p.add_argument("--payload-bytes", type=int, default=64)
     p.add_argument("--rooms", type=int, default=0, help="sub-rooms each connection joins")
@@ -43,6 +46,10 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scrape", default=None, help="comma-separated node URLs to scrape (default: --url)")
     p.add_argument("--no-scrape", action="store_true", help="do not scrape /socket-metrics")
     p.add_argument("--seed", type=int, default=1)
+
+
+def mix_text(mix: Mapping[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in mix.items())
 
 
 def _env(env: Mapping[str, str]) -> dict:

@@ -29,24 +29,18 @@ def source_addrs(connections: int) -> list[str]:
 
 
 def load_spec(workload: WorkloadSpec, urls: list[str], seed: int = 1) -> LoadSpec:
-    return LoadSpec(
-        source_addrs=source_addrs(workload.max_connections),
-        url=urls[0],
-        nodes=urls if len(urls) > 1 else [],
-        steps=[s.model_dump() for s in workload.steps],
-        events_per_second=workload.events_per_second,
-        mix=workload.mix,
-        arrival=workload.arrival,
-        connect_rate=workload.connect_rate,
-        payload_bytes=workload.payload_bytes,
-        rooms_per_connection=workload.rooms_per_connection,
-        chat_to=workload.chat_to,
-        churn_per_s=workload.churn_per_s,
-        ack_timeout_s=workload.ack_timeout_s,
-        workers=workload.workers,
-        scrape=urls,
-        scrape_interval_s=1.0,
-        seed=seed,
+    """The scenario's load (every :class:`~eventlog.load.Load` field, and its workers) sent to ``urls``."""
+    return LoadSpec.model_validate(
+        {
+            **workload.model_dump(exclude={"steady_step"}),
+            "users_per_company": workload.company_users,
+            "source_addrs": source_addrs(workload.max_connections),
+            "url": urls[0],
+            "nodes": urls if len(urls) > 1 else [],
+            "scrape": urls,
+            "scrape_interval_s": 1.0,
+            "seed": seed,
+        }
     )
 
 
@@ -73,7 +67,7 @@ def measure(
     work = Path(tempfile.mkdtemp(prefix=f"caplab-{server.label}-"))
     try:
         db = work / "lab.db"
-        users = create_users(db, workload.companies, workload.users_per_company)
+        users = create_users(db, workload.companies, workload.company_users)
         sets: dict[str, object] = {"metrics_interval_ms": 1000, **server.set}
         env: dict[str, str] = {}
         if server.nodes > 1:
@@ -113,11 +107,7 @@ def measure(
             log = work / f"server-{i}.log"
             if log.exists() and log.stat().st_size:
                 shutil.copy(log, run_dir / f"server-{i}.log")
-        update_manifest(
-            run_dir,
-            server_exit_codes=codes,
-            users={"companies": workload.companies, "per_company": workload.users_per_company},
-        )
+        update_manifest(run_dir, server_exit_codes=codes)
         return run_dir
     finally:
         shutil.rmtree(work, ignore_errors=True)

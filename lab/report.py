@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
-from eventlog import WARMUP_RULE, timeseries
+from eventlog import SLO, WARMUP_RULE, timeseries
+from model.parameters import Calibration
 
 from .results import before_after, load_outputs
 from .tables import fmt
@@ -23,7 +25,7 @@ from .tables import fmt
 A4 = (8.27, 11.69)
 
 
-def _page(pdf: PdfPages, title: str) -> plt.Figure:
+def _page(title: str) -> plt.Figure:
     fig = plt.figure(figsize=A4)
     fig.text(0.06, 0.965, title, fontsize=15, weight="bold", va="top")
     return fig
@@ -58,7 +60,7 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
     capacity, validation = out["capacity"], out["validation"]
     pdf_path = Path(pdf_path) if pdf_path else out_dir / "report.pdf"
     with PdfPages(pdf_path) as pdf:
-        summary_page(pdf, record, model, summary, capacity, labels)
+        summary_page(pdf, record, model, summary, labels)
         if len(labels) >= 2:
             before_after_page(pdf, summary, labels)
         if summary or not capacity.empty:
@@ -73,15 +75,16 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
     return pdf_path
 
 
-def summary_page(pdf, record, model, summary, capacity, labels) -> None:
-    fig = _page(pdf, f"Capacity report: {record['scenario']}")
+def summary_page(pdf, record, model, summary, labels) -> None:
+    fig = _page(f"Capacity report: {record['scenario']}")
     first = next(iter(summary.values()), None)
-    scen = (first or {}).get("manifest", {}).get("scenario", {}) if first else {}
-    slo = scen.get("slo", {"p95_ms": 120, "error_rate_pct": 0.1})
-    m = (first or {}).get("manifest", {}).get("machine", {})
+    manifest = first["manifest"] if first else None
+    scen = manifest.scenario if manifest else {}
+    slo = SLO.from_manifest(manifest) if manifest else SLO()
+    m = manifest.machine if manifest else {}
     lines = [
         f"Question: {scen.get('question', '(see scenario file)')}",
-        f"SLO: p95 <= {slo['p95_ms']} ms, errors <= {slo['error_rate_pct']} %. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        f"SLO: p95 <= {slo.p95_ms:g} ms, errors <= {slo.error_rate_pct:g} %. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         f"Machine: {m.get('cores', '?')} cores, {fmt((m.get('memory_bytes') or 0) / 2**30, '{:.0f}')} GiB, "
         f"{m.get('cpu_model', '?')}.",
         "",
@@ -122,7 +125,7 @@ def summary_page(pdf, record, model, summary, capacity, labels) -> None:
 
 
 def before_after_page(pdf, summary, labels) -> None:
-    fig = _page(pdf, f"Before and after: {labels[0]} vs {labels[-1]}")
+    fig = _page(f"Before and after: {labels[0]} vs {labels[-1]}")
     table, claims = before_after(summary, labels[0], labels[-1])
     _text(fig, 0.93, [f"runs: {summary[labels[0]]['run_id']} -> {summary[labels[-1]]['run_id']}"])
     _table(
@@ -134,9 +137,9 @@ def before_after_page(pdf, summary, labels) -> None:
 
 
 def latency_page(pdf, summary, capacity) -> None:
-    fig = _page(pdf, "Latency against connections and against event rate")
-    ax1 = fig.add_axes([0.1, 0.55, 0.82, 0.35])
-    ax2 = fig.add_axes([0.1, 0.1, 0.82, 0.35])
+    fig = _page("Latency against connections and against event rate")
+    ax1 = fig.add_axes((0.1, 0.55, 0.82, 0.35))
+    ax2 = fig.add_axes((0.1, 0.1, 0.82, 0.35))
     for label, s in summary.items():
         st = s["steps"]
         ax1.plot(st["target"], st["p95_ms"], "o", label=f"{label} measured p95 [{s['run_id'][-6:]}]")
@@ -159,11 +162,11 @@ def latency_page(pdf, summary, capacity) -> None:
 
 
 def resources_page(pdf, runs) -> None:
-    fig = _page(pdf, "CPU, memory and event-loop lag (measured, per second)")
-    axes = [fig.add_axes([0.1, y, 0.82, 0.24]) for y in (0.64, 0.36, 0.08)]
+    fig = _page("CPU, memory and event-loop lag (measured, per second)")
+    axes = [fig.add_axes((0.1, y, 0.82, 0.24)) for y in (0.64, 0.36, 0.08)]
     for run in runs:
         ts = timeseries(run.events)
-        label = f"{run.manifest.get('label', '')} [{run.run_id[-6:]}]"
+        label = f"{run.manifest.label} [{run.run_id[-6:]}]"
         for ax, col in zip(axes, ("cpu_pct", "rss_mb", "loop_lag_ms"), strict=True):
             if col in ts:
                 ax.plot(ts.index, ts[col], label=label, lw=1)
@@ -177,7 +180,7 @@ def resources_page(pdf, runs) -> None:
 
 
 def ablation_page(pdf, summary, labels) -> None:
-    fig = _page(pdf, f"Ablation: each variant against {labels[0]}")
+    fig = _page(f"Ablation: each variant against {labels[0]}")
     rows = pd.DataFrame(
         [
             {
@@ -192,7 +195,7 @@ def ablation_page(pdf, summary, labels) -> None:
         ]
     )
     _table(fig, [0.06, 0.62, 0.88, 0.3], rows)
-    ax = fig.add_axes([0.1, 0.1, 0.82, 0.45])
+    ax = fig.add_axes((0.1, 0.1, 0.82, 0.45))
     x = np.arange(len(rows))
     ax.bar(x - 0.2, rows["mean_cpu_pct"], 0.4, label="CPU % (last step)")
     ax.bar(x + 0.2, rows["p95_ms"].clip(upper=5000), 0.4, label="p95 ms (clipped at 5 s)")
@@ -204,21 +207,24 @@ def ablation_page(pdf, summary, labels) -> None:
 
 
 def model_page(pdf, model, validation) -> None:
-    fig = _page(pdf, "Model: validation against fixed bands, calibration, assumptions")
+    fig = _page("Model: validation against fixed bands, calibration, assumptions")
     lines = [f"Bands (fixed before fitting): {model.get('bands', '')}"]
     for label, path in (model.get("calibrations") or {}).items():
         try:
-            cal = json.loads(Path(path).read_text())
-        except OSError:
+            cal = Calibration.load(path)
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            why = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:200]
+            lines.append(f"{label}: calibration file {path} could not be read ({why}); its figures are missing here")
+            print(f"caplab report: warning: calibration {path} of {label} could not be read: {why}", file=sys.stderr)
             continue
         lines.append(
-            f"{label}: cpu/event {cal['cpu_per_event_s'] * 1e6:.1f} us, per delivery {cal['cpu_per_delivery_s'] * 1e6:.2f} us, "
-            f"per packet {cal['cpu_per_packet_s'] * 1e6:.2f} us, per connect {cal['cpu_per_connect_s'] * 1e3:.2f} ms, "
-            f"memory {cal['memory_base_bytes'] / 1e6:.0f} MB + {cal['memory_per_connection_bytes'] / 1e3:.1f} KB/conn, "
-            f"GC {cal['gc']['collections_per_event']:.2e}/event ({cal['gc']['dist']}, KS p {fmt(cal['gc']['ks_pvalue'])}), "
-            f"CPU fit R2 {fmt(cal['fit'].get('cpu', {}).get('r2'))}; runs {', '.join(cal['source_runs'])}"
+            f"{label}: cpu/event {cal.cpu_per_event_s * 1e6:.1f} us, per delivery {cal.cpu_per_delivery_s * 1e6:.2f} us, "
+            f"per packet {cal.cpu_per_packet_s * 1e6:.2f} us, per connect {cal.cpu_per_connect_s * 1e3:.2f} ms, "
+            f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.1f} KB/conn, "
+            f"GC {cal.gc.collections_per_event:.2e}/event ({cal.gc.dist}, KS p {fmt(cal.gc.ks_pvalue)}), "
+            f"CPU fit R2 {fmt(cal.fit.get('cpu', {}).get('r2'))}; runs {', '.join(cal.source_runs)}"
         )
-        lines += [f"  assumption: {a}" for a in cal.get("assumptions", [])]
+        lines += [f"  assumption: {a}" for a in cal.assumptions]
     for label, u in (model.get("usl") or {}).items():
         if "sigma" in u:
             lines.append(
@@ -244,13 +250,13 @@ def model_page(pdf, model, validation) -> None:
 
 
 def manifests_page(pdf, summary, record) -> None:
-    fig = _page(pdf, "Runs used")
+    fig = _page("Runs used")
     lines = []
     for _label, s in summary.items():
         m = s["manifest"]
         lines.append(
-            f"{m['run_id']}: {m['source']}, {m['status']}, profile {m.get('profile')}, nodes {m.get('nodes', 1)}, "
-            f"toggles {json.dumps((m.get('server') or {}).get('toggles', {}))}, started {m['started_at']}"
+            f"{m.run_id}: {m.source}, {m.status}, profile {m.profile}, nodes {m.nodes}, "
+            f"toggles {json.dumps(m.server.toggles if m.server else {})}, started {m.started_at}"
         )
         for c in s["checks"]:
             lines.append(f"    check: {'ok' if c['ok'] else 'FAILED'}: {c['check']}: {c['detail']}")

@@ -13,29 +13,24 @@ from eventlog.checks import self_checks
 from .tables import markdown
 
 
-def slo_of(manifest: dict) -> SLO:
-    s = manifest.get("slo") or {}
-    return SLO(p95_s=s.get("p95_ms", 120.0) / 1000.0, error_rate=s.get("error_rate_pct", 0.1) / 100.0)
-
-
 def summarize(run_dirs: list[Path], steady_step: int | None = None) -> dict:
     """Benchmark row, step table and self-checks of each run, keyed by its label. The steady step is
     ``steady_step``, else the scenario's ``workload.steady_step``, else the last step."""
     out = {}
     for d in run_dirs:
         run = read_run(d)
-        slo = slo_of(run.manifest)
+        slo = SLO.from_manifest(run.manifest)
         if steady_step is None:
-            steady_step = ((run.manifest.get("scenario") or {}).get("workload") or {}).get("steady_step")
-        run.manifest["steady_step"] = steady_step
-        label = run.manifest.get("label") or run.manifest["run_id"]
+            steady_step = (run.manifest.scenario.get("workload") or {}).get("steady_step")
+        run.manifest.steady_step = steady_step
+        label = run.manifest.label or run.manifest.run_id
         out[label] = {
             "run_id": run.run_id,
             "run": run,
             "manifest": run.manifest,
             "row": benchmark_row(run.events, run.manifest, slo, steady_step),
             "steps": step_table(run.events, slo),
-            "checks": self_checks(run.events, run.manifest) if run.manifest["source"] == "measured" else [],
+            "checks": self_checks(run.events, run.manifest) if run.manifest.source == "measured" else [],
         }
     return out
 
@@ -137,7 +132,7 @@ def load_outputs(out_dir: Path | str) -> dict:
     model = json.loads((out_dir / "model.json").read_text()) if (out_dir / "model.json").exists() else {}
     for label, path in (model.get("calibrations") or {}).items():
         p = Path(path)
-        model["calibrations"][label] = str(p if p.exists() else out_dir / p.name)
+        model["calibrations"][label] = str(out_dir / p.name if (out_dir / p.name).exists() else p)  # the folder's own
     return {
         "record": record,
         "measured": measured,

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .measure import measure
+from .progress import log
 from .results import summarize, write_tables
 from .scenario import Scenario
-
-
-def log(msg: str) -> None:
-    print(f"[caplab] {msg}", file=sys.stderr, flush=True)
 
 
 def run_scenario(
@@ -26,7 +23,7 @@ def run_scenario(
     """Run every part of the scenario; returns the scenario's output folder under ``reports_root``."""
     out_dir = reports_root / sc.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {
+    record: dict[str, Any] = {
         "scenario": sc.name,
         "started_at": datetime.now(UTC).isoformat(),
         "measured": [],
@@ -39,10 +36,10 @@ def run_scenario(
 
         measured = list(reuse)
         for p in measured:
-            if read_manifest(p).get("source") != "measured":
-                raise ValueError(f"--reuse takes measured runs; {p} is {read_manifest(p).get('source')}")
+            if read_manifest(p).source != "measured":
+                raise ValueError(f"--reuse takes measured runs; {p} is {read_manifest(p).source}")
         record["measured"] = [str(p) for p in measured]
-    elif sc.kind in ("measure", "compare"):
+    elif sc.kind in ("measure", "compare") and sc.workload is not None:
         for server in sc.servers:
             log(f"measuring {server.label} ({server.profile}, {server.nodes} node(s)) ...")
             run_dir = measure(server, sc.workload, runs_root, sc, quiet=quiet)
@@ -50,7 +47,7 @@ def run_scenario(
             measured.append(run_dir)
         record["measured"] = [str(p) for p in measured]
     if sc.kind in ("simulate", "compare", "sweep"):
-        from .simulation import simulate_scenario
+        from .modelling import simulate_scenario
 
         record.update(simulate_scenario(sc, measured, runs_root, out_dir))
     if measured:

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from eventlog.schedule import schedule_end
+from eventlog.load import SLO, Load, Step
 from server.settings import SettingsError, build_settings
 
 # The file itself. The shipped scenarios are under 2 KB and 4 levels deep; these bounds are far above
@@ -39,8 +39,8 @@ MAX_SWEEP_RUNS = 500  # grid combinations, each simulated `replications` times
 # Settings the lab sets on every node itself (and a secret that would be copied into every manifest).
 LAB_OWNED_SETTINGS = ("host", "port", "db", "node", "redis_url", "redis_channel", "admin_token")
 
-# The model's node-capacity ramp (lab/simulation.node_capacity): its targets, hold and connect rate,
-# mirrored here to bound its size. Keep the two in step.
+# The model's node-capacity ramp (lab/modelling.node_capacity): its targets, hold and connect rate,
+# defined here so that the scenario check bounds exactly the ramp that will be simulated.
 NODE_RAMP_TARGETS = (100, 200, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 10_000, 15_000, 20_000)
 NODE_RAMP_HOLD_S = 20.0
 NODE_RAMP_CONNECT_RATE = 2000.0
@@ -54,9 +54,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class SLOSpec(Strict):
-    p95_ms: float = Field(120.0, gt=0)
-    error_rate_pct: float = Field(0.1, ge=0, le=100)
+SLOSpec = SLO  # a scenario's slo is the run contract's
 
 
 class ServerSpec(Strict):
@@ -82,63 +80,32 @@ class ServerSpec(Strict):
         return value
 
 
-class StepSpec(Strict):
+class StepSpec(Step):
+    """A contract :class:`~eventlog.load.Step` within a scenario's bounds."""
+
     connections: int = Field(ge=1, le=50_000)
     hold_s: float = Field(gt=0, le=3600)
-    events_per_second: float | None = Field(None, ge=0, description="this step's total rate (a rate ramp)")
 
 
-class WorkloadSpec(Strict):
-    companies: int = Field(4, ge=1, le=1000)
-    steps: list[StepSpec] = Field(min_length=1)
-    events_per_second: float = Field(ge=0)
-    mix: dict[Literal["echo", "chat"], float] = Field(default_factory=lambda: {"echo": 0.95, "chat": 0.05})
-    arrival: Literal["poisson", "fixed"] = "poisson"
-    connect_rate: float = Field(200.0, gt=0)
+class WorkloadSpec(Load):
+    """The run contract's :class:`~eventlog.load.Load` within a scenario's bounds, plus the generator's
+    worker count and the step the benchmark row reports."""
+
+    steps: list[StepSpec] = Field(min_length=1)  # type: ignore[assignment]
     payload_bytes: int = Field(64, ge=0, le=100_000)
-    rooms_per_connection: int = Field(0, ge=0, le=50)
-    chat_to: Literal["company", "room"] = "company"
-    churn_per_s: float = Field(0.0, ge=0)
-    ack_timeout_s: float = Field(5.0, gt=0)
     workers: int = Field(1, ge=1, le=8)
     steady_step: int | None = Field(None, ge=0, description="step the benchmark row reports (default: last)")
 
-    @field_validator("mix")
-    @classmethod
-    def _mix(cls, value: dict) -> dict:
-        if not value or any(w < 0 for w in value.values()) or sum(value.values()) <= 0:
-            raise ValueError("weights must be >= 0 with a positive sum, e.g. {echo: 0.95, chat: 0.05}")
-        return value
-
     @model_validator(mode="after")
-    def _consistent(self):
+    def _consistent(self) -> WorkloadSpec:
         if self.steady_step is not None and self.steady_step >= len(self.steps):
             raise ValueError(f"steady_step {self.steady_step} is past the last step (index {len(self.steps) - 1})")
-        if self.chat_to == "room" and self.rooms_per_connection == 0:
-            raise ValueError("chat_to 'room' needs rooms_per_connection >= 1 (the sub-rooms chats go to)")
         if self.duration_s > MAX_RUN_S:
             raise ValueError(
                 f"the steps take {self.duration_s:.3g} s (connection ramps at connect_rate {self.connect_rate:.3g}/s "
                 f"plus holds), over the {MAX_RUN_S:.0f} s a run may last"
             )
         return self
-
-    @property
-    def duration_s(self) -> float:
-        return schedule_end([(s.connections, s.hold_s) for s in self.steps], self.connect_rate)
-
-    @property
-    def max_connections(self) -> int:
-        return max(s.connections for s in self.steps)
-
-    @property
-    def users_per_company(self) -> int:
-        return math.ceil(self.max_connections / self.companies)
-
-    @property
-    def base_rate(self) -> float:
-        """Per-connection rate of steps without their own rate (the model's ``Workload.base_rate``)."""
-        return self.events_per_second / self.steps[-1].connections
 
 
 SimConnections = Annotated[int, Field(ge=1, le=MAX_SIM_CONNECTIONS)]
@@ -154,7 +121,7 @@ class SimulateSpec(Strict):
     nodes: int = Field(1, ge=1, le=64)
 
 
-# sweep key -> (kind, low, high): what lab/simulation.run_sweep understands, and its sane range
+# sweep key -> (kind, low, high): what lab/modelling.run_sweep understands, and its sane range
 SWEEP_KEYS: dict[str, tuple[str, float, float]] = {
     "nodes": ("int", 1, 64),
     "connections": ("int", 1, MAX_SIM_CONNECTIONS),
@@ -216,8 +183,8 @@ class Scenario(Strict):
         for label in self.validate_on:
             if label not in labels:
                 raise ValueError(f"validate_on names {label!r}, which is not a server label ({labels})")
-        if self.kind == "simulate" and not self.simulate.calibration:
-            raise ValueError("kind 'simulate' needs simulate.calibration (a file written by caplab calibrate)")
+        if self.kind in ("simulate", "sweep") and self.simulate is not None and not self.simulate.calibration:
+            raise ValueError(f"kind '{self.kind}' needs simulate.calibration (a file written by caplab calibrate)")
         if self.kind in ("simulate", "sweep") and self.workload is None:
             raise ValueError(f"kind '{self.kind}' needs 'workload' (the load the model is driven with)")
         if self.kind == "sweep":
@@ -236,7 +203,7 @@ Problem = tuple[tuple, str]  # (field path, why)
 
 
 def _calibration_problem(path: str) -> str | None:
-    from model.calibration import Calibration
+    from model.parameters import Calibration
 
     try:
         data = Path(path).read_bytes()
@@ -254,7 +221,7 @@ def _calibration_problem(path: str) -> str | None:
 
 def _simulated_runs(sc: Scenario) -> list[tuple[tuple, str, float, float]]:
     """Every simulated replication the scenario implies: (field path to blame, what, events, simulated
-    seconds), as lab/simulation.py builds them."""
+    seconds), as lab/modelling.py builds them."""
     wl, sim = sc.workload, sc.simulate
     if wl is None or sim is None:
         return []
@@ -281,10 +248,10 @@ def _simulated_runs(sc: Scenario) -> list[tuple[tuple, str, float, float]]:
         grid = sc.sweep.grid
         for combo in itertools.product(*grid.values()):
             setting = dict(zip(grid, combo, strict=True))
-            n = setting.get("connections", sc.sweep.target_connections)
+            m = float(setting.get("connections", sc.sweep.target_connections))
             r = setting.get("events_per_connection", wl.base_rate)
-            what = f"the sweep point {setting} ({n:g} connections at {r:.3g} events/s each for {sim.duration_s:g} s)"
-            out.append((("sweep", "grid"), what, n * r * sim.duration_s, n / wl.connect_rate + sim.duration_s))
+            what = f"the sweep point {setting} ({m:g} connections at {r:.3g} events/s each for {sim.duration_s:g} s)"
+            out.append((("sweep", "grid"), what, m * r * sim.duration_s, m / wl.connect_rate + sim.duration_s))
     return out
 
 
@@ -308,7 +275,7 @@ def runnable_problems(sc: Scenario) -> list[Problem]:
         from model.workload import Workload
 
         try:
-            Workload(**sc.workload.model_dump(exclude={"workers"}))
+            Workload.model_validate(sc.workload.model_dump())
         except ValidationError as exc:
             problems.append((("workload",), f"the model refuses it: {exc.errors()[0]['msg']}"))
     if sc.simulate is not None and sc.simulate.calibration:

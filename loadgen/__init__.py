@@ -1,7 +1,7 @@
 """Open-loop load generator speaking Engine.IO v4 / Socket.IO v5 over websockets."""
 
 from .connection import Connection, ConnectRefused
-from .run import read_tokens, run_load
+from .launch import read_tokens, run_load
 from .scrape import Scraper
 from .spec import LoadSpec, Step
 from .worker import Worker

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from . import protocol as p
+from .compat import send_buffered, ws_transport
 
 
 class ConnectRefused(Exception):
@@ -40,6 +41,7 @@ class Connection:
         self.reader: asyncio.Task | None = None
         self._binary: p.SioPacket | None = None
         self._connected = asyncio.get_running_loop().create_future()
+        self._closing: asyncio.Task | None = None  # the close a server DISCONNECT started
 
     @classmethod
     async def open(
@@ -77,7 +79,7 @@ class Connection:
         conn.on_close = on_close or conn.on_close
         return conn
 
-    def emit(self, name: str, args: list, ack: bool = True) -> tuple[int | None, asyncio.Future | None]:
+    def emit(self, name: str, args: list, ack: bool = True) -> tuple[int | None, Awaitable[None] | None]:
         """Start sending an event; returns its ack id and the send's awaitable (or None if closed)."""
         if self.closed:
             return None, None
@@ -85,12 +87,11 @@ class Connection:
         if ack:
             ack_id = self.next_ack
             self.next_ack += 1
-        return ack_id, self.ws.send_str("4" + p.encode_event(name, args, ack_id)[1:])
+        return ack_id, self.ws.send_str(p.encode_event(name, args, ack_id))
 
     def congested(self) -> bool:
         """True when the kernel's send buffer is full and asyncio is buffering (the peer is not reading)."""
-        transport = getattr(getattr(self.ws, "_writer", None), "transport", None)
-        return transport is not None and transport.get_write_buffer_size() > 0
+        return not self.closed and send_buffered(self.ws) > 0
 
     async def send_raw(self, data: str | bytes) -> None:
         if isinstance(data, bytes):
@@ -113,7 +114,7 @@ class Connection:
 
     def abort(self) -> None:
         """Drop the TCP connection at once (an unresponsive server)."""
-        transport = getattr(getattr(self.ws, "_writer", None), "transport", None)
+        transport = ws_transport(self.ws)
         if transport is not None:
             transport.abort()
         if self.reader is not None and self.reader is not asyncio.current_task():
@@ -161,13 +162,13 @@ class Connection:
         t = pkt.type
         if t == p.EVENT:
             self._deliver(pkt)
-        elif t == p.ACK:
+        elif t == p.ACK and pkt.id is not None:
             self.on_ack(pkt.id, pkt.data if isinstance(pkt.data, list) else [])
         elif t in (p.BINARY_EVENT, p.BINARY_ACK):
             self._binary = pkt
         elif t == p.CONNECT:
             if not self._connected.done():
-                self._connected.set_result((pkt.data or {}).get("sid"))
+                self._connected.set_result(pkt.data.get("sid") if isinstance(pkt.data, dict) else None)
         elif t == p.CONNECT_ERROR:
             message = (pkt.data or {}).get("message", "refused") if isinstance(pkt.data, dict) else str(pkt.data)
             if not self._connected.done():
@@ -187,7 +188,7 @@ class Connection:
             pkt.data = p.fill_placeholders(pkt.data, pkt.buffers)
             if pkt.type == p.BINARY_EVENT:
                 self._deliver(pkt)
-            else:
+            elif pkt.id is not None:
                 self.on_ack(pkt.id, pkt.data if isinstance(pkt.data, list) else [])
 
     def _deliver(self, pkt: p.SioPacket) -> None:

@@ -20,6 +20,7 @@ import aiohttp
 import numpy as np
 
 from eventlog import EventWriter
+from eventlog.schema import gen_cpu_name
 
 from .connection import Connection, ConnectRefused
 from .scrape import Scraper
@@ -79,7 +80,7 @@ class Worker:
             for cid in range(worker_id, spec.max_connections, spec.workers)
         }
         self.heap: list[tuple[float, int, int]] = []  # (intended time, connection id, its epoch)
-        self.rate = spec.rate_per_connection
+        self.rate = spec.base_rate
         total = sum(spec.mix.values())
         acc, self.mix = 0.0, []
         for name, w in spec.mix.items():
@@ -210,8 +211,10 @@ class Worker:
 
     # -- sending ------------------------------------------------------------------------------
     async def send(self, vc: VConn, name: str, arg: object, t_int: float) -> None:
+        if vc.conn is None:
+            return
         ack_id, sending = vc.conn.emit(name, [arg])
-        if sending is None:
+        if sending is None or ack_id is None:
             return
         vc.pending[ack_id] = (t_int, name)
         if vc.conn.congested():
@@ -284,7 +287,7 @@ class Worker:
             await asyncio.sleep(1.0)
             now, mono = self.writer.now(), time.monotonic()
             cpu = os.times()
-            self.writer.row("sample", now, conn=self.wid, name="gen_cpu_seconds", value=cpu.user + cpu.system)
+            self.writer.row("sample", now, name=gen_cpu_name(self.wid), value=cpu.user + cpu.system)
             if self.progress is not None:
                 span = mono - last_t
                 lat = np.asarray(self.window_lat)
@@ -312,7 +315,8 @@ class Worker:
                 continue
             vc = self.rng.choice(up)
             vc.planned_close = True
-            await vc.conn.close()
+            if vc.conn is not None:
+                await vc.conn.close()
             self.spawn_open(vc, self.writer.now())
 
     def spawn_open(self, vc: VConn, t_int: float) -> None:
@@ -326,9 +330,9 @@ class Worker:
         order = sorted(self.vconns)
         opened = 0
         per_worker_rate = spec.connect_rate / spec.workers
-        for (start, hold, target), step in zip(spec.schedule(), spec.steps, strict=True):
+        for i, (start, hold, target) in enumerate(spec.schedule()):
             await self.sleep_until(start)
-            rate = spec.step_rate(step)
+            rate = spec.step_rate(i)
             if rate != self.rate:
                 self.rate = rate
                 self.reschedule(start)
@@ -410,7 +414,7 @@ class Worker:
             for s in self.sessions:
                 await s.close()
             cpu = os.times()
-            w.row("sample", w.now(), conn=self.wid, name="gen_cpu_seconds", value=cpu.user + cpu.system)
+            w.row("sample", w.now(), name=gen_cpu_name(self.wid), value=cpu.user + cpu.system)
             w.close()
         return {
             "worker": self.wid,

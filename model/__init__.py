@@ -3,8 +3,8 @@
 Never imports ``server`` or ``loadgen``: it learns the server only through event logs.
 """
 
-from .calibration import Calibration, GcModel
-from .run import confidence, replicate, simulate
+from .parameters import Calibration, GcModel
+from .replications import confidence, replicate, simulate
 from .sim import Simulation
 from .workload import StepW, Workload
 

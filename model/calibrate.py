@@ -16,9 +16,31 @@ from scipy import optimize, stats
 
 from eventlog import Run, steps
 
-from .calibration import Calibration, GcModel
+from .parameters import Calibration, GcModel
 
 REGRESSORS = ("events_in", "events_out", "batches", "connects", "connections")
+
+# Server settings that shape the model's behaviour: read from the runs' manifests, never assumed.
+SETTINGS_USED = (
+    "flush_interval_ms",
+    "batch_size",
+    "heartbeat_s",
+    "ping_timeout_s",
+    "max_connections",
+    "max_per_company",
+)
+
+
+def settings_of(run: Run) -> dict:
+    """The :data:`SETTINGS_USED` a run's manifest records; ValueError naming the missing ones."""
+    recorded = run.manifest.server.settings if run.manifest.server else {}
+    missing = [k for k in SETTINGS_USED if recorded.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"run {run.run_id} records no server setting {', '.join(missing)}; "
+            "the model takes them from the run, it does not assume them"
+        )
+    return {k: recorded[k] for k in SETTINGS_USED}
 
 
 def node_series(df: pd.DataFrame) -> pd.DataFrame:
@@ -94,6 +116,7 @@ def fit_gc(df: pd.DataFrame, r: pd.DataFrame) -> GcModel:
         ks = stats.kstest(pauses, name, args=params)
         if best is None or ks.statistic < best[2]:
             best = (name, params, ks.statistic, ks.pvalue)
+    assert best is not None  # three candidates were tried
     name, params, _, p = best
     return GcModel(
         collections_per_event=collections / events,
@@ -120,12 +143,12 @@ def calibrate(runs: list[Run]) -> Calibration:
     """One calibration from measured runs of the same server profile and settings."""
     if not runs:
         raise ValueError("no runs to calibrate from")
-    profiles = {(r.manifest.get("profile"), str(r.manifest.get("server", {}).get("toggles"))) for r in runs}
+    profiles = {(r.manifest.profile, str(r.manifest.server.toggles if r.manifest.server else None)) for r in runs}
     if len(profiles) > 1:
         raise ValueError(f"runs mix server configurations {sorted(map(str, profiles))}; calibrate each separately")
     m = runs[0].manifest
-    settings = (m.get("server") or {}).get("settings") or {}
-    toggles = (m.get("server") or {}).get("toggles") or {}
+    settings = settings_of(runs[0])
+    toggles = m.server.toggles if m.server else {}
     batching = bool(toggles.get("batching"))
     r = pd.concat([rates(node_series(run.events)) for run in runs], ignore_index=True)
     if r.empty:
@@ -141,7 +164,7 @@ def calibrate(runs: list[Run]) -> Calibration:
         "baseline's per-socket leak is not fitted unless the runs had churn (leak = 0 otherwise)",
     ]
     return Calibration(
-        profile=m.get("profile", ""),
+        profile=m.profile,
         toggles=toggles,
         cpu_idle_s_per_s=cpu["idle"],
         cpu_per_event_s=max(cpu["events_in"], 1e-7),
@@ -154,13 +177,13 @@ def calibrate(runs: list[Run]) -> Calibration:
         memory_per_connection_bytes=mem_conn,
         gc=gc,
         batching=batching,
-        flush_interval_s=settings.get("flush_interval_ms", 100.0) / 1000.0,
-        batch_size=settings.get("batch_size", 50),
-        heartbeat_s=settings.get("heartbeat_s", 25.0),
-        ping_timeout_s=settings.get("ping_timeout_s", 20.0),
+        flush_interval_s=settings["flush_interval_ms"] / 1000.0,
+        batch_size=settings["batch_size"],
+        heartbeat_s=settings["heartbeat_s"],
+        ping_timeout_s=settings["ping_timeout_s"],
         conn_limits=bool(toggles.get("conn_limits")),
-        max_connections=settings.get("max_connections", 2000),
-        max_per_company=settings.get("max_per_company", 500),
+        max_connections=settings["max_connections"],
+        max_per_company=settings["max_per_company"],
         source_runs=[run.run_id for run in runs],
         fit={"cpu": cpu_q, "memory": mem_q, "units": {"cpu": "seconds of loop time", "memory": "bytes"}},
         assumptions=assumptions,

@@ -2,7 +2,7 @@
 
 SimPy owns time: processes for the load steps (connection ramps, markers), the flush/slice ticker,
 the per-second sampler and churn. Inside each slice of length ``dt`` (the batching window, or
-0.1 s), every node's event loop is an exact FIFO single server over all jobs that arrive in the
+{slice_s:g} s without batching), every node's event loop is an exact FIFO single server over all jobs that arrive in the
 slice (events, connects, pings, GC pauses, batch flushes, Redis fan-outs), computed with the
 vectorized Lindley recursion ``done_n = S_n + max(free, max_{k<=n}(t_k - S_{k-1}))``, so an event
 costs a few numpy operations instead of a SimPy process. Random variates come in blocks from
@@ -11,14 +11,16 @@ separate streams per purpose (common random numbers across compared scenarios).
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import simpy
 
 from eventlog.schema import KIND_INDEX
 
-from .calibration import Calibration
+from .parameters import Calibration
 from .workload import Workload
 
 NAMES = [
@@ -47,6 +49,10 @@ NAMES = [
 ]
 NAME = {n: i for i, n in enumerate(NAMES)}
 K = KIND_INDEX
+SLICE_S = 0.25  # the slice without batching (with batching: the flush window)
+__doc__ = (__doc__ or "").replace("{slice_s:g}", f"{SLICE_S:g}")
+Arr = np.ndarray | float | int  # a value or a column of values
+Proc = Generator[simpy.Event, Any, None]  # a SimPy process
 EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE = range(7)
 
 
@@ -65,7 +71,17 @@ class Rows:
 
     DTYPES = (np.float64, np.int8, np.int32, np.int16, np.int32, np.float64, np.int32, np.float64)
 
-    def add(self, kind, t, conn=-1, node=-1, name=0, latency=np.nan, nbytes=0, value=np.nan) -> None:
+    def add(
+        self,
+        kind: int,
+        t: Arr,
+        conn: Arr = -1,
+        node: Arr = -1,
+        name: Arr = 0,
+        latency: Arr = np.nan,
+        nbytes: Arr = 0,
+        value: Arr = np.nan,
+    ) -> None:
         """Scalars are broadcast to the length of the array arguments (cheaply, at the end)."""
         cols = (t, kind, conn, node, name, latency, nbytes, value)
         n = 1
@@ -102,11 +118,12 @@ class Simulation:
     def __init__(self, cal: Calibration, wl: Workload, seed: int = 1, nodes: int = 1) -> None:
         self.cal, self.wl, self.seed, self.n_nodes = cal, wl, seed, nodes
         ss = np.random.SeedSequence(seed)
-        (self.r_arr, self.r_svc, self.r_gc, self.r_mix, self.r_conn, self.r_churn) = [
-            np.random.default_rng(s) for s in ss.spawn(6)
+        # one stream per purpose; a stream added later comes after the others, so theirs stay the same
+        (self.r_arr, self.r_svc, self.r_gc, self.r_mix, self.r_conn, self.r_churn, self.r_ping) = [
+            np.random.default_rng(s) for s in ss.spawn(7)
         ]
         self.env = simpy.Environment()
-        self.dt = cal.flush_interval_s if cal.batching else 0.25
+        self.dt = cal.flush_interval_s if cal.batching else SLICE_S
         n = wl.max_connections + 1
         self.live = np.zeros(n, bool)
         self.company = np.array([wl.company_of(i) for i in range(n)], np.int32)
@@ -142,7 +159,7 @@ class Simulation:
         return self.r_svc.gamma(shape, 1.0, n) * (mean / shape)
 
     # -- SimPy processes ---------------------------------------------------------------------
-    def steps_proc(self):
+    def steps_proc(self) -> Proc:
         env, wl, rows = self.env, self.wl, self.rows
         opened = 0
         for i, (start, hold, target) in enumerate(wl.schedule()):
@@ -159,13 +176,13 @@ class Simulation:
         rows.add(K["sample"], wl.duration_s, name=NAME["end"], value=0.0)
         self.done = True
 
-    def ticker(self):
+    def ticker(self) -> Proc:
         while not self.done:
             t0 = self.env.now
             yield self.env.timeout(self.dt)
             self.slice(t0, self.env.now)
 
-    def sampler(self):
+    def sampler(self) -> Proc:
         cal, rows = self.cal, self.rows
         while not self.done:
             yield self.env.timeout(1.0)
@@ -189,7 +206,7 @@ class Simulation:
                     rows.add(K["sample"], t, node=n, name=NAME[name], value=value)
                 st.lag_max = 0.0
 
-    def churn(self):
+    def churn(self) -> Proc:
         rate = self.wl.churn_per_s
         while rate > 0 and not self.done:
             yield self.env.timeout(self.r_churn.exponential(1.0 / rate))
@@ -250,7 +267,16 @@ class Simulation:
         for n, jobs in enumerate(built):
             self.serve(n, t0, t1, jobs, ev_c)
 
-    def build_jobs(self, n, t0, t1, ev_t, ev_c, is_chat, due) -> dict:
+    def build_jobs(
+        self,
+        n: int,
+        t0: float,
+        t1: float,
+        ev_t: np.ndarray,
+        ev_c: np.ndarray,
+        is_chat: np.ndarray,
+        due: list[tuple[float, int]],
+    ) -> dict:
         cal = self.cal
         jobs_t, jobs_s, jobs_k, jobs_i = [np.empty(0)], [np.empty(0)], [np.empty(0, int)], [np.empty(0, int)]
         idx = np.flatnonzero(self.node_of[ev_c] == n) if self.n_nodes > 1 else np.arange(ev_t.size)
@@ -287,7 +313,7 @@ class Simulation:
                 jobs_s.append(pauses)
                 jobs_k.append(np.full(n_gc, JOB_GC))
                 jobs_i.append(np.full(n_gc, -1))
-        flush = self.flush_job(n, t0) if cal.batching else None
+        flush = self.flush_job(n) if cal.batching else None
         if flush is not None:  # batch flush at the tick
             jobs_t.append(np.array([t0]))
             jobs_s.append(np.array([flush[0]]))
@@ -301,7 +327,7 @@ class Simulation:
             "flush": flush,
         }
 
-    def serve(self, n, t0, t1, jobs, ev_c) -> None:
+    def serve(self, n: int, t0: float, t1: float, jobs: dict, ev_c: np.ndarray) -> None:
         st, base = self.nodes[n], self.cal.base_latency_s
         remote = [r for r in self.remote[n] if r[0] < t1]  # Redis fan-outs that reached this node
         self.remote[n] = [r for r in self.remote[n] if r[0] >= t1]
@@ -324,7 +350,7 @@ class Simulation:
         self.emit_connects(n, t_all, done, k_all, i_all, base)
         self.emit_pings(n, t_all, start, k_all)
         if jobs["flush"] is not None:
-            self.emit_flush(n, jobs["flush"], float(start[k_all == JOB_FLUSH][0]), base)
+            self.emit_flush(jobs["flush"], float(start[k_all == JOB_FLUSH][0]), base)
         if remote:
             self.emit_remote(n, remote, start, done, k_all, i_all)
 
@@ -338,7 +364,16 @@ class Simulation:
             mask &= self.node_of == n
         return np.flatnonzero(mask)
 
-    def emit_events(self, n, t_all, start, done, k_all, i_all, ev_c) -> None:
+    def emit_events(
+        self,
+        n: int,
+        t_all: np.ndarray,
+        start: np.ndarray,
+        done: np.ndarray,
+        k_all: np.ndarray,
+        i_all: np.ndarray,
+        ev_c: np.ndarray,
+    ) -> None:
         cal, rows, base, timeout = self.cal, self.rows, self.cal.base_latency_s, self.wl.ack_timeout_s
         ev = (k_all == EV_ECHO) | (k_all == EV_CHAT)
         if not ev.any():
@@ -362,7 +397,7 @@ class Simulation:
             when = s0[j] + cal.cpu_per_event_s + (np.arange(members.size) + 1) * cal.cpu_per_delivery_s + base
             rows.add(K["push"], when, conn=members, node=-1, name=NAME["chat"], latency=when - t[j])
 
-    def flush_job(self, n: int, t0: float):
+    def flush_job(self, n: int) -> tuple | None:
         pending = self.nodes[n].pending
         if not pending:
             return None
@@ -375,7 +410,7 @@ class Simulation:
         cost = sum(m.size for m, _ in groups) * self.cal.cpu_per_packet_s
         return cost, groups
 
-    def emit_flush(self, n: int, flush, start: float, base: float) -> None:
+    def emit_flush(self, flush: tuple, start: float, base: float) -> None:
         _, groups = flush
         pos = 0
         for members, sent in groups:
@@ -386,41 +421,32 @@ class Simulation:
             s = np.tile(sent, members.size)
             self.rows.add(K["push"], w, conn=np.repeat(members, sent.size), name=NAME["chat"], latency=w - s)
 
-    def emit_connects(self, n, t_all, done, k_all, i_all, base) -> None:
+    def emit_connects(
+        self, n: int, t_all: np.ndarray, done: np.ndarray, k_all: np.ndarray, i_all: np.ndarray, base: float
+    ) -> None:
         cal, rows = self.cal, self.rows
         for j in np.flatnonzero(k_all == JOB_CONNECT):
             cid, t = int(i_all[j]), float(t_all[j])
             rows.add(K["connect_start"], t, conn=cid)
             if cal.conn_limits:
-                total = int(self.live.sum())
-                company = self.company[cid]
-                if total >= cal.max_connections:
-                    rows.add(
-                        K["connect_fail"],
-                        done[j] + base,
-                        conn=cid,
-                        name=NAME["refused: server connection limit reached"],
-                        latency=done[j] + base - t,
-                    )
-                    continue
-                if int((self.live & (self.company == company)).sum()) >= cal.max_per_company:
-                    rows.add(
-                        K["connect_fail"],
-                        done[j] + base,
-                        conn=cid,
-                        name=NAME["refused: company connection limit reached"],
-                        latency=done[j] + base - t,
-                    )
+                refused = None
+                if int(self.live.sum()) >= cal.max_connections:
+                    refused = "refused: server connection limit reached"
+                elif int((self.live & (self.company == self.company[cid])).sum()) >= cal.max_per_company:
+                    refused = "refused: company connection limit reached"
+                if refused is not None:
+                    when = done[j] + base
+                    rows.add(K["connect_fail"], when, conn=cid, name=NAME[refused], latency=when - t)
                     continue
             self.live[cid] = True
             self.connects_ok += 1
             rows.add(K["connect_ok"], done[j] + base, conn=cid, latency=done[j] + base - t)
 
-    def emit_pings(self, n, t_all, start, k_all) -> None:
+    def emit_pings(self, n: int, t_all: np.ndarray, start: np.ndarray, k_all: np.ndarray) -> None:
         waits = start[k_all == JOB_PING] - t_all[k_all == JOB_PING]
         late = int((waits > self.cal.ping_timeout_s).sum())
         ids = np.flatnonzero(self.live & (self.node_of == n))
-        for cid in self.r_churn.choice(ids, min(late, ids.size), replace=False) if late and ids.size else []:
+        for cid in self.r_ping.choice(ids, min(late, ids.size), replace=False) if late and ids.size else []:
             self.live[cid] = False
             self.nodes[n].closed += 1
             now = self.env.now
@@ -439,7 +465,15 @@ class Simulation:
                     svc = cal.cpu_per_publish_s + int(local[c]) * cal.cpu_per_delivery_s
                     self.remote[n].append((d + cal.redis_rtt_s, svc, sent_t, c))
 
-    def emit_remote(self, n, remote, start, done, k_all, i_all) -> None:
+    def emit_remote(
+        self,
+        n: int,
+        remote: list,
+        start: np.ndarray,
+        done: np.ndarray,
+        k_all: np.ndarray,
+        i_all: np.ndarray,
+    ) -> None:
         """Deliveries of other nodes' room events, timed by when this node's loop served them."""
         cal, base = self.cal, self.cal.base_latency_s
         for j in np.flatnonzero(k_all == JOB_REMOTE):

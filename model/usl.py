@@ -32,6 +32,6 @@ def fit_usl(load: np.ndarray, throughput: np.ndarray) -> dict:
         "kappa": float(kappa),
         "r2": 1 - ss_res / ss_tot,
         "peak_load": float(peak),
-        "peak_throughput": float(usl(peak, lam, sigma, kappa)) if np.isfinite(peak) else float("inf"),
+        "peak_throughput": float(usl(np.asarray(peak), lam, sigma, kappa)) if np.isfinite(peak) else float("inf"),
         "n_points": int(load.size),
     }

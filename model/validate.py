@@ -5,13 +5,15 @@ The acceptance bands are fixed here, before any fit, and printed with every resu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from eventlog import SLO, Run, max_stable_throughput, read_run, step_table, steps
 
-from .calibration import Calibration
-from .run import replicate
+from .parameters import Calibration
+from .replications import replicate
 from .workload import Workload
 
 BANDS = {  # metric -> (allowed relative error, where it applies)
@@ -47,7 +49,7 @@ def step_metrics(run: Run, slo: SLO) -> tuple[pd.DataFrame, float]:
 
 
 def validate(
-    cal: Calibration, measured: Run, out, slo: SLO | None = None, replications: int = 3, seed: int = 1
+    cal: Calibration, measured: Run, out: Path | str, slo: SLO | None = None, replications: int = 3, seed: int = 1
 ) -> pd.DataFrame:
     """Simulate the measured run's workload; one row per (step, metric) with errors and verdicts."""
     slo = slo or SLO()
@@ -60,8 +62,8 @@ def validate(
             out,
             replications,
             seed,
-            nodes=measured.manifest.get("nodes", 1),
-            name=f"validate-{measured.manifest.get('label', 'run')}",
+            nodes=measured.manifest.nodes,
+            name=f"validate-{measured.manifest.label or 'run'}",
             extra={"validates": measured.run_id},
         )
     ]

@@ -80,7 +80,8 @@ def one_run(root: Path) -> Path | None:
 
 
 def writer_pids(run_dir: Path) -> list[int]:
-    return [p["pid"] for p in read_manifest(run_dir).get("writers", {}).get("processes", [])]
+    writers = read_manifest(run_dir).writers
+    return [p.pid for p in writers.processes if p.pid is not None] if writers else []
 
 
 def runs_line(root: Path, run_dir: Path) -> str:
@@ -151,10 +152,10 @@ def test_killed_generator_takes_its_workers_with_it(start_server, tmp_path, proc
     manifest = read_manifest(run_dir)
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL
-        assert manifest["status"] == "running"  # nobody was left to write it ...
+        assert manifest.status == "running"  # nobody was left to write it ...
     else:
         assert proc.returncode == 128 + sig
-        assert manifest["status"] == "aborted" and sig.name in manifest["error"]
+        assert manifest.status == "aborted" and sig.name in (manifest.error or "")
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("caplab load: aborted by")
     assert runs_line(runs, run_dir).split()[2] == "aborted"  # ... but `caplab runs` sees no live writer
     run = read_run(run_dir)  # no TornPartWarning: filterwarnings=error
@@ -183,7 +184,7 @@ def test_sigterm_stops_the_scenario_runner_its_server_and_workers(tmp_path, proc
         run_dir = wait_for("the run folder", lambda: one_run(runs), timeout=30)
         wait_for("the manifest to name parent and 2 workers", lambda: len(writer_pids(run_dir)) == 3)
         workers = writer_pids(run_dir)[1:]
-        url = read_manifest(run_dir)["load"]["url"]
+        url = (read_manifest(run_dir).load or {})["url"]
         servers = [c.pid for c in psutil.Process(proc.pid).children() if c.cmdline()[1:3] == ["-m", "server"]]
         procs.pids += workers + servers
         assert len(servers) == 1
@@ -201,7 +202,7 @@ def test_sigterm_stops_the_scenario_runner_its_server_and_workers(tmp_path, proc
             proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("caplab run: aborted by SIGTERM")
-    assert read_manifest(run_dir)["status"] == "aborted"
+    assert read_manifest(run_dir).status == "aborted"
     assert (read_run(run_dir).events["kind"] == "send").sum() > 0
     assert not (tmp_path / "reports" / "chaos" / "runs.json").exists()
 
@@ -241,7 +242,7 @@ def test_killed_server_the_generator_finishes_and_records_the_failures(tmp_path)
     finally:
         server.stop()
     run = read_run(run_dir)
-    assert run.manifest["status"] == "complete"
+    assert run.manifest.status == "complete"
     df = run.events
     names = df["name"].astype(str)
     assert (df["kind"] == "connect_ok").sum() == 10

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from pypdf import PdfReader
 
 from eventlog import benchmark_row, read_run
 from lab.results import load_outputs
-from lab.servers import ServerProcess, create_users
+from lab.servers import ServerProcess, ServerStartError, create_users
 from lab.tables import fmt
 
 TINY = """\
@@ -89,17 +94,53 @@ def test_run_writes_tables_calibrations_and_capacity(tiny_outputs):
         assert cap["connections_per_node"] == min(each)
 
 
+def steady_figures_from_parquet(run_dir: Path) -> dict[str, float]:
+    """p95, acked throughput and error rate of the last step, computed from the raw Parquet parts with
+    pandas alone (not eventlog's reader or projections): the report's oracle.
+
+    The rules are the README's: the last step counts from max(1 s, 25 % of its hold) after its hold
+    starts to the end marker; latencies of acks and pushes are placed by intended send time, p95 is
+    nearest rank; acks count by their own time; errors by the time of the attempt they end, over
+    connect_start + send + error rows.
+    """
+    df = pd.concat([pd.read_parquet(p) for p in sorted((run_dir / "events").glob("part-*.parquet"))])
+    kind, name = df["kind"].astype(str), df["name"].astype(str)
+    start = df["t"][(kind == "sample") & (name == "step")].max()
+    hold = df["t"][(kind == "sample") & (name == "hold") & (df["t"] >= start)].min()
+    end = df["t"][(kind == "sample") & (name == "end")].max()
+    t0, t1 = hold + max(1.0, 0.25 * (end - hold)), end
+    lat = df[kind.isin(["ack", "push"])]
+    sent = lat["t"] - lat["latency_s"]
+    x = np.sort(lat["latency_s"][(sent >= t0) & (sent < t1)].to_numpy())
+    p95 = x[math.ceil(round(0.95 * x.size, 9)) - 1]
+    in_window = (df["t"] >= t0) & (df["t"] < t1)
+    acks = int((in_window & (kind == "ack")).sum())
+    err = df[kind.isin(["connect_fail", "timeout", "reject", "error"])]
+    tried = err["t"] - err["latency_s"].fillna(0.0)
+    errors = int(((tried >= t0) & (tried < t1)).sum())
+    attempts = int((in_window & kind.isin(["connect_start", "send", "error"])).sum())
+    return {
+        "p95_ms": 1000 * p95,
+        "throughput_eps": acks / (t1 - t0),
+        "error_rate_pct": 100 * errors / attempts if attempts else 0.0,
+    }
+
+
 def test_report_text_holds_the_values_computed_from_the_runs(tiny_outputs):
     out, pdf = tiny_outputs
     text = " ".join(page.extract_text() for page in PdfReader(pdf).pages)
     text = " ".join(text.split())
-    summary = load_outputs(out)["summary"]
-    for label, s in summary.items():
-        row = s["row"]
-        assert s["run_id"] in text
+    record = json.loads((out / "runs.json").read_text())
+    assert len(record["measured"]) == 2
+    for run_path in record["measured"]:
+        run = read_run(run_path)
+        row = benchmark_row(run.events, run.manifest)
+        assert run.run_id in text
         assert f"{row['max_stable_connections']} connections" in text
-        assert fmt(row["p95_ms"]) in text, (label, fmt(row["p95_ms"]))
         assert fmt(row["peak_memory_mb"]) in text
+        for metric, value in steady_figures_from_parquet(Path(run_path)).items():
+            assert fmt(value) in text, (run.manifest.label, metric, fmt(value))
+            assert row[metric] == pytest.approx(value, rel=1e-9, abs=1e-12), metric
     assert "Seed guide claims" in text and "NOT HELD" in text
 
 
@@ -118,7 +159,7 @@ def test_load_command_with_seed_variables(tmp_path):
     assert res.returncode == 0, res.stderr
     run_dir = Path(res.stdout.strip().splitlines()[-1])
     run = read_run(run_dir)
-    assert run.manifest["status"] == "complete" and run.manifest["load"]["steps"][0]["connections"] == 10
+    assert run.manifest.status == "complete" and run.manifest.offered_load().steps[0].connections == 10
     assert "conns" in res.stderr  # the live progress line
     assert benchmark_row(run.events, run.manifest)["acks"] > 0
 
@@ -154,7 +195,7 @@ def test_calibrate_simulate_runs_commands(tiny_outputs, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     last = Path(res.stdout.strip().splitlines()[-1])
-    assert read_run(last).manifest["source"] == "simulated" and "p95_ms" in res.stdout
+    assert read_run(last).manifest.source == "simulated" and "p95_ms" in res.stdout
     res = caplab("runs", "--out", str(tmp_path / "sims"))
     assert res.returncode == 0 and res.stdout.count("simulated") == 2
 
@@ -166,7 +207,7 @@ def test_measured_and_simulated_runs_project_to_the_same_row(tiny_outputs):
     sim_id = json.loads((out / "runs.json").read_text())["simulated"][0]
     sim_dir = next(p for p in (out.parent.parent / "runs").iterdir() if p.name == Path(sim_id).name)
     run = read_run(sim_dir)
-    assert run.manifest["source"] == "simulated"
+    assert run.manifest.source == "simulated"
     simulated = benchmark_row(run.events, run.manifest)
     assert set(measured) == set(simulated)
     assert simulated["acks"] > 0 and simulated["peak_memory_mb"] > 0 and simulated["mean_cpu_pct"] > 0
@@ -175,3 +216,43 @@ def test_measured_and_simulated_runs_project_to_the_same_row(tiny_outputs):
 def _events_and_manifest(run_dir):
     run = read_run(run_dir)
     return run.events, run.manifest
+
+
+def test_a_server_that_stalls_at_start_up_is_killed_at_the_deadline_with_its_log(tmp_path):
+    """A real ``python -m server`` made to hang before it prints (a sitecustomize on its PYTHONPATH)."""
+    (tmp_path / "hang").mkdir()
+    (tmp_path / "hang" / "sitecustomize.py").write_text(
+        "import sys, time\nprint('stalling before start-up', file=sys.stderr, flush=True)\ntime.sleep(120)\n"
+    )
+    hang = {"PYTHONPATH": str(tmp_path / "hang")}
+    node = ServerProcess("baseline", tmp_path / "db", env=hang, log_path=tmp_path / "s.log")
+    started = time.monotonic()
+    with pytest.raises(ServerStartError) as exc:
+        node.start(timeout=1.5)
+    assert time.monotonic() - started < 10  # the deadline, plus the stop's grace
+    msg = str(exc.value)
+    assert "no listening line within 1.5 s" in msg and "stalling before start-up" in msg and "\n" not in msg
+    assert node.proc is not None and node.proc.poll() is not None  # killed, not left behind
+
+
+def test_reuse_of_a_run_without_a_log_is_one_line(tmp_path):
+    bad = tmp_path / "bad"
+    (bad / "events").mkdir(parents=True)
+    (bad / "manifest.json").write_text(json.dumps({"run_id": "bad", "source": "measured", "status": "complete"}))
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    res = caplab("run", str(tmp_path / "tiny.yaml"), "--reuse", str(bad), "--reports", str(tmp_path / "reports"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") == 1 and "holds no load steps" in res.stderr and "nothing started" in res.stderr
+    assert not (tmp_path / "reports").exists()
+
+
+def test_the_report_says_when_a_calibration_cannot_be_read(tiny_outputs, tmp_path):
+    out, _ = tiny_outputs
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    (copy / "calibration-baseline.json").write_text('{"cpu_per_event_s": "fast"}')
+    res = caplab("report", str(copy))
+    assert res.returncode == 0, res.stderr
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(copy / "report.pdf").pages).split())
+    assert "calibration file" in text and "could not be read" in text
+    assert "calibration" in res.stderr and "could not be read" in res.stderr

@@ -42,7 +42,7 @@ from eventlog.projections import peak_memory_mb, window_stats
 
 def test_round_trip(tmp_path):
     run_dir, manifest = create_run(tmp_path, "measured", "rt", scenario={"x": 1})
-    with EventWriter(run_dir, "w0", t0=manifest["clock"]["monotonic_t0"], flush_rows=3) as w:
+    with EventWriter(run_dir, "w0", t0=manifest.monotonic_t0, flush_rows=3) as w:
         w.row("connect_start", 0.0, conn=1)
         w.row("connect_ok", 0.01, conn=1, latency_s=0.01)
         w.row("send", 0.5, conn=1, name="echo", latency_s=0.0001, nbytes=20)
@@ -50,7 +50,7 @@ def test_round_trip(tmp_path):
         w.row("sample", 0.6, node=0, name="rss_bytes", value=5e7)
     finish_run(run_dir)
     run = read_run(run_dir)
-    assert run.manifest["status"] == "complete" and run.manifest["scenario"] == {"x": 1}
+    assert run.manifest.status == "complete" and run.manifest.scenario == {"x": 1}
     df = run.events
     assert list(df["kind"]) == ["connect_start", "connect_ok", "send", "ack", "sample"]
     assert list(df["name"]) == ["", "", "echo", "echo", "rss_bytes"]
@@ -74,7 +74,7 @@ def test_killed_writer_keeps_every_complete_part(tmp_path):
     (run_dir / "events" / "part-other-000000.parquet").write_bytes(b"PAR1 torn half a file")
     with pytest.warns(TornPartWarning, match="part-other-000000"):
         run = read_run(run_dir)
-    assert run.manifest["status"] == "running"  # never finished, still readable
+    assert run.manifest.status == "running"  # never finished, still readable
     assert run.events["t"].tolist() == [float(i) for i in range(300)]
 
 
@@ -115,7 +115,7 @@ def hand_made_log(tmp_path, fail_second_step=False):
 
 def test_steps_and_row_on_hand_made_log(tmp_path):
     run = hand_made_log(tmp_path)
-    table = step_table(run.events, SLO(p95_s=0.5, error_rate=0.01))
+    table = step_table(run.events, SLO(p95_ms=500, error_rate_pct=1))
     assert table["target"].tolist() == [10, 20] and table["reached"].tolist() == [10, 20]
     # step 1 counts from t = 10 + 2.5: sends at seconds 3..9 -> 7 s x 20 connections
     # latencies 10..200 ms, each connection's latency fixed: p95 of 1..20 (x10 ms) is 190 ms
@@ -124,20 +124,20 @@ def test_steps_and_row_on_hand_made_log(tmp_path):
     assert table["throughput_eps"].iloc[1] == pytest.approx(140 / 7.5)  # 7 whole seconds of sends in 7.5 s
     assert table["error_rate"].iloc[1] == pytest.approx(1 / 140)  # one timeout over 140 sends
     assert table["held"].tolist() == [True, True]
-    row = benchmark_row(run.events, run.manifest, SLO(p95_s=0.5, error_rate=0.01))
+    row = benchmark_row(run.events, run.manifest, SLO(p95_ms=500, error_rate_pct=1))
     assert row["max_stable_connections"] == 20 and row["max_stable_is_lower_bound"]
     assert row["peak_memory_mb"] == pytest.approx(120.0)
     assert row["mean_cpu_pct"] == pytest.approx(50.0)
     assert row["error_rate_pct"] == pytest.approx(100 / 140)  # the steady (last) step's window
     assert row["error_rate_run_pct"] == pytest.approx(100 * 1 / (20 + 300))  # 20 connects + 300 sends
-    assert benchmark_row(run.events, run.manifest, SLO(p95_s=0.5), steady_step=0)["connections"] == 10
+    assert benchmark_row(run.events, run.manifest, SLO(p95_ms=500), steady_step=0)["connections"] == 10
     ts = timeseries(run.events)
     assert ts["acks_per_s"].loc[15] == 20 and ts["connections"].loc[15] == 20
 
 
 def test_failed_step_caps_max_stable(tmp_path):
     run = hand_made_log(tmp_path, fail_second_step=True)
-    row = benchmark_row(run.events, run.manifest, SLO(p95_s=0.3, error_rate=0.01))
+    row = benchmark_row(run.events, run.manifest, SLO(p95_ms=300, error_rate_pct=1))
     assert row["max_stable_connections"] == 10 and not row["max_stable_is_lower_bound"]
 
 
@@ -208,7 +208,7 @@ def test_errors_count_in_the_window_of_their_attempt(tmp_path):
 
 def _good_part(tmp_path):
     run_dir, manifest = create_run(tmp_path, "measured", "parts")
-    with EventWriter(run_dir, "gen0", t0=manifest["clock"]["monotonic_t0"]) as w:
+    with EventWriter(run_dir, "gen0", t0=manifest.monotonic_t0) as w:
         for i in range(5):
             w.row("send", float(i), conn=i, name="echo")
     return run_dir, pq.read_table(next((run_dir / "events").glob("part-gen0-*.parquet")))
@@ -246,7 +246,8 @@ def test_truncated_manifest_is_one_clear_error(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="process start times and states from /proc")
 def test_running_run_without_a_live_writer_is_reported_aborted(tmp_path):
     run_dir, manifest = create_run(tmp_path, "measured", "live")
-    assert manifest["writers"]["processes"][0]["pid"] == os.getpid()
+    assert manifest.writers is not None and manifest.writers.processes[0].pid == os.getpid()
+    manifest = manifest.json_dict()  # run_status takes a manifest or its dict
     assert run_status(manifest) == ("running", "")  # this process writes it
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()

@@ -54,7 +54,7 @@ def test_200_connections_10_seconds_match_server_counters(server, tmp_path, prof
     )
     run = read_run(run_load(spec, tmp_path / "runs", tokens, quiet=True))
     df, m = run.events, run.manifest
-    assert m["status"] == "complete" and m["source"] == "measured"
+    assert m.status == "complete" and m.source == "measured"
     counts = df["kind"].value_counts()
     assert counts["connect_ok"] == 200 and counts.get("connect_fail", 0) == 0
     assert counts["send"] == counts["ack"] > 1000
@@ -84,7 +84,7 @@ def test_server_side_disconnect_is_recorded_and_run_goes_on(server, tmp_path):
     spec = spec_for(srv.url, steps=[{"connections": 5, "hold_s": 3}], events_per_second=100, mix={"echo": 1})
     run = read_run(run_load(spec, tmp_path / "runs", tokens, quiet=True))
     df = run.events
-    assert run.manifest["status"] == "complete"
+    assert run.manifest.status == "complete"
     assert (df["kind"] == "reject").sum() > 0
     dropped = df[(df["kind"] == "error") & df["name"].astype(str).str.startswith("dropped")]
     assert len(dropped) == 5

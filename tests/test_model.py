@@ -9,10 +9,21 @@ from hypothesis import strategies as st
 
 from eventlog import read_run, steps
 from eventlog.checks import littles_law
+from eventlog.manifest import ServerRecord
 from model import Calibration, Workload, confidence, replicate, simulate
 from model.calibrate import calibrate
 from model.sim import Simulation
 from model.usl import fit_usl, usl
+
+# the server settings a measured run's manifest records (the server's defaults)
+SERVER_SETTINGS = {
+    "flush_interval_ms": 100.0,
+    "batch_size": 50,
+    "heartbeat_s": 25.0,
+    "ping_timeout_s": 20.0,
+    "max_connections": 2000,
+    "max_per_company": 500,
+}
 
 QUIET = {"heartbeat_s": 1e9, "cpu_per_connect_s": 0.0}  # no pings, free connects: one queue only
 
@@ -143,7 +154,7 @@ def test_calibration_recovers_known_parameters(tmp_path):
         connect_rate=50,
     )
     run = read_run(simulate(truth, wl, tmp_path, seed=4, extra={"label": "synthetic"}))
-    run.manifest["server"] = {"toggles": {}, "settings": {}}
+    run.manifest.server = ServerRecord(settings=SERVER_SETTINGS)
     fit = calibrate([run])
     assert fit.cpu_per_event_s == pytest.approx(truth.cpu_per_event_s, rel=0.10)
     assert fit.cpu_per_delivery_s == pytest.approx(truth.cpu_per_delivery_s, rel=0.10)

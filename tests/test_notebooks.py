@@ -8,6 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from eventlog import read_manifest
+
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
 
@@ -29,6 +31,6 @@ def test_reference_dataset_is_a_real_lab_run():
     record = json.loads((ref / "runs.json").read_text())
     assert record["measured"], "the reference holds measured runs"
     for p in record["measured"]:
-        manifest = json.loads((ref / p / "manifest.json").read_text())
-        assert manifest["source"] == "measured" and manifest["status"] == "complete"
+        manifest = read_manifest(ref / p)
+        assert manifest.source == "measured" and manifest.status == "complete"
         assert list((ref / p / "events").glob("part-*.parquet"))

@@ -221,6 +221,7 @@ MUTATIONS: dict[str, tuple[str | None, Edit]] = {
     "sweep connections 1e12": field("sweep", _grid("connections", [10**12])),
     "sweep grid {}": field("sweep", lambda d, tmp: d["sweep"].update(grid={})),
     "sweep target 0": field("sweep", lambda d, tmp: d["sweep"].update(target_connections=0)),
+    "sweep without a calibration": field("sweep", lambda d, tmp: d["simulate"].pop("calibration")),
 }
 
 CASES = [

@@ -67,4 +67,4 @@ def test_missing_file(tmp_path):
 
 def test_good_scenario_parses():
     sc = parse_scenario(GOOD, "<t>")
-    assert sc.workload.users_per_company == 3 and sc.slo.p95_ms == 120
+    assert sc.workload.company_users == 3 and sc.slo.p95_ms == 120

@@ -12,7 +12,7 @@ import numpy as np
 
 from eventlog import EventWriter, create_run, finish_run
 
-from .calibration import Calibration
+from .parameters import Calibration
 from .sim import NAMES, Simulation
 from .workload import Workload
 
@@ -42,7 +42,8 @@ def simulate(
     started = time.perf_counter()
     try:
         cols = Simulation(cal, wl, seed, nodes).run()
-        EventWriter(run_dir, "model", t0=0.0).columns(*cols, names=NAMES)
+        t, kind, conn, node, name_, latency, nbytes, value = cols
+        EventWriter(run_dir, "model", t0=0.0).columns(t, kind, conn, node, name_, latency, nbytes, value, names=NAMES)
     except BaseException as exc:
         finish_run(run_dir, "aborted", error=f"{type(exc).__name__}: {exc}")
         raise

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from eventlog import create_run, finish_run
 from eventlog.manifest import add_writers
@@ -43,6 +44,7 @@ class RunAborted(BaseException):  # like KeyboardInterrupt: a request to stop, n
     def __init__(self, signum: int, summaries: list[dict] | None = None) -> None:
         self.signum = signum
         self.summaries = summaries or []
+        self.run_dir: Path | None = None  # set once the run folder it ended is known
         super().__init__(f"aborted by {signal.Signals(signum).name}")
 
 
@@ -92,7 +94,7 @@ class _Deferred:
 
     def __init__(self, callback: Callable[[int], None] | None = None) -> None:
         self.callback = callback
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Any] = {}
 
     @property
     def signum(self) -> int | None:
@@ -141,7 +143,6 @@ class ProgressLine:
         self.stream = stream
         self.every_s = every_s
         self.last_print = 0.0
-        self.cpu0: dict[int, tuple[float, float]] = {}
 
     def __call__(self, p: dict) -> None:
         wid = p["worker"]
@@ -267,7 +268,7 @@ def run_workers(spec: LoadSpec, run_dir: Path, t0: float, tokens: list[str], qui
         try:
             for p in procs:
                 p.start()
-            add_writers(run_dir, [p.pid for p in procs])
+            add_writers(run_dir, [p.pid for p in procs if p.pid is not None])
             deadline = time.monotonic() + spec.duration_s + spec.ack_timeout_s + 60
             stopping_since = None
             while len(summaries) < len(procs):
@@ -312,7 +313,7 @@ def run_load(
     run_dir, manifest = create_run(
         out, "measured", name, scenario=scenario or {}, load=spec.model_dump(), **(manifest_fields or {})
     )
-    t0 = manifest["clock"]["monotonic_t0"]
+    t0 = manifest.monotonic_t0
     try:
         summaries = run_workers(spec, run_dir, t0, tokens, quiet=quiet)
     except RunAborted as exc:
