@@ -78,7 +78,7 @@ def test_model_speed(tmp_path, conns, seconds, limit_s):
     t = time.perf_counter()
     run_dir = simulate(cal, wl, tmp_path, seed=2)
     took = time.perf_counter() - t
-    rows = read_run(run_dir).manifest["rows"]
+    rows = read_run(run_dir).manifest.rows
     report(
         "model",
         connections=conns,
@@ -211,9 +211,13 @@ def test_fanout_costs_less_per_recipient_than_stock_emit():
 
 @pytest.mark.parametrize("profile", ["baseline", "optimized"])
 def test_server_echo_and_broadcast(tmp_path, profile):
-    """The issue's server targets, measured side by side (targets printed, not asserted: the lab
-    reports what the server reaches): 2000 connections echoing at rising rates; a chat to a room of
-    2000; idle connections' memory."""
+    """The issue's server targets: 2000 connections echoing at rising rates; a chat to a room of 2000.
+
+    Asserted: every step reached its 2000 connections and the chats were delivered. A generator that
+    fell behind (its figures would be the generator's), and for the optimized profile a missed target
+    (7500 echo events/s within 120 ms, chat delivery p95 within 150 ms), are reported as an expected
+    failure with the figures: the lab reports what the server reaches on this machine. The baseline
+    has no targets; its figures are printed."""
     users = create_users(tmp_path / "db", 1, 2000)
     sets = {"metrics_interval_ms": 1000, "max_per_company": 20_000, "max_connections": 20_000}
     tokens = [u["token"] for u in users]
@@ -253,6 +257,22 @@ def test_server_echo_and_broadcast(tmp_path, profile):
         chat_2000_push_p95_ms=round(row["push_p95_ms"], 1),
         target_push_p95_ms=150,
     )
+    assert (table["reached"] >= 2000).all(), table[["target", "reached"]]
+    assert row["pushes"] > 0 and row["connections"] == 2000
+    echo_row = benchmark_row(echo.events, echo.manifest)
+    missed = [
+        f"the generator was the bottleneck in {name} (CPU {r['gen_cpu_pct']:.0f} %, send lag p99 "
+        f"{r['send_lag_p99_ms']:.0f} ms): these figures are the generator's"
+        for name, r in (("echo", echo_row), ("chat", row))
+        if not r["generator_ok"]
+    ]
+    if profile == "optimized":
+        if not best >= 7500:
+            missed.append(f"echo within 120 ms {best:.0f}/s (target 7500)")
+        if not row["push_p95_ms"] <= 150:
+            missed.append(f"chat push p95 {row['push_p95_ms']:.0f} ms (target 150)")
+    if missed:
+        pytest.xfail("; ".join(missed))
 
 
 @pytest.mark.parametrize("profile", ["baseline", "optimized"])
