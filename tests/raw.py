@@ -151,7 +151,7 @@ class RawPeer:
 def _split(body: str) -> tuple[str, str]:
     """Socket.IO packet text -> (type + attachments + id, JSON payload)."""
     i = 0
-    while i < len(body) and body[i] not in "[{\"":
+    while i < len(body) and body[i] not in '[{"':
         i += 1
     return body[:i], body[i:]
 
