@@ -148,9 +148,9 @@ class Recovery:
         now = time.monotonic()
         log = self.rooms.get(room)
         if self.redis:
-            if seq is None:  # sent while Redis was out of reach: this node's history has a hole here
+            if seq is None:  # sent while Redis was out of reach: unnumbered, so no position before it resumes
                 if log is not None:
-                    self._reset(log, log.epoch, log.head + 1, "gap")
+                    self._reset(log, log.epoch, log.head + 2, "gap", head=log.head)
                 return None
             epoch, n = seq
             if log is None:
@@ -179,16 +179,18 @@ class Recovery:
         self.evict(now)
         return tagged
 
-    def _reset(self, log: RoomLog, epoch: str, first: int, reason: str) -> None:
+    def _reset(self, log: RoomLog, epoch: str, first: int, reason: str, head: int | None = None) -> None:
+        """Empty the room's buffer: positions below ``first - 1`` cannot resume (``reason``)."""
         while log.entries:
             self._drop_first(log, reason)
-        log.epoch, log.head, log.first, log.floor_reason = epoch, first - 1, first, reason
+        log.epoch, log.first, log.floor_reason = epoch, first, reason
+        log.head = first - 1 if head is None else head
 
     def _drop_first(self, log: RoomLog, reason: str) -> None:
         n, _, tagged = log.entries.popleft()
         self.bytes -= sys.getsizeof(tagged) + ENTRY_OVERHEAD
         self.events -= 1
-        log.first, log.floor_reason = n + 1, reason
+        log.first, log.floor_reason = max(log.first, n + 1), reason
 
     def evict(self, now: float | None = None) -> None:
         """Drop entries older than the window, then the oldest until the node's bytes fit."""

@@ -233,3 +233,40 @@ async def test_recovery_across_two_nodes_on_redis(start_server, redis_url):
 
 async def _buffered(url: str, n: int) -> bool:
     return (await prometheus(url))["socketio_recovery_buffer_events"] >= n
+
+
+def test_buffer_rules_exactly():
+    """The buffer alone (no server): numbering, holes, epochs, bounds, and what each answer says."""
+    from server.metrics import Metrics
+    from server.recovery import Recovery
+
+    def entry(i: int) -> str:
+        return f'["chat",{{"i":{i}}}]'
+
+    rec = Recovery(window_s=60, max_events=3, max_bytes=10**6, metrics=Metrics(), redis=True)
+    assert [rec.record("c:1", entry(i), ["e1", i]) is not None for i in (1, 2, 3)] == [True, True, True]
+    assert rec.record("c:1", entry(3), ["e1", 3]) is None  # heard twice: never delivered again
+    assert rec.replay("c:1", ["e1", 1]) == ({"ok": True, "replayed": 2}, [
+        '["chat",{"i":2},{"_seq":["c:1","e1",2]}]',
+        '["chat",{"i":3},{"_seq":["c:1","e1",3]}]',
+    ])  # fmt: skip
+    rec.record("c:1", entry(4), ["e1", 4])  # a fourth: the room keeps 3
+    assert rec.replay("c:1", ["e1", 0])[0] == {"ok": False, "reason": "overrun"}
+    assert rec.replay("c:1", ["e1", 1])[0] == {"ok": True, "replayed": 3}
+    rec.record("c:1", entry(6), ["e1", 6])  # number 5 never reached this node
+    assert rec.replay("c:1", ["e1", 4])[0] == {"ok": False, "reason": "gap"}
+    assert rec.replay("c:1", ["e1", 5])[0] == {"ok": True, "replayed": 1}
+    rec.record("c:1", entry(1), ["e2", 1])  # Redis lost the counter: a new epoch
+    assert rec.replay("c:1", ["e1", 6])[0] == {"ok": False, "reason": "epoch"}
+    rec.record("c:1", entry(2), None)  # sent while Redis was unreachable: untagged, a hole
+    assert rec.replay("c:1", ["e2", 1])[0] == {"ok": False, "reason": "gap"}
+    assert rec.replay("c:9", ["e2", 1])[0] == {"ok": False, "reason": "unknown"}
+    assert rec.position("c:9") is None  # on Redis a node cannot tell a room it never carried
+
+    small = Recovery(window_s=60, max_events=100, max_bytes=2000, metrics=Metrics())
+    for _ in range(50):
+        small.record("c:1", entry(0))
+    assert small.bytes <= 2000 and small.events < 50
+    assert small.replay("c:1", [small.epoch, 0])[0] == {"ok": False, "reason": "overrun"}
+    assert small.position("c:2") == [small.epoch, 0]  # one node: a room it never carried has had nothing
+    assert small.replay("c:2", [small.epoch, 0])[0] == {"ok": True, "replayed": 0}
