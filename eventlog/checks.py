@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 import pandas as pd
 
@@ -33,9 +35,15 @@ def littles_law(df: pd.DataFrame, t0: float, t1: float) -> dict:
     return {"L": L, "lambda_W": lam * W}
 
 
-def self_checks(df: pd.DataFrame, manifest: Manifest | None = None) -> list[dict]:
+class SelfCheck(TypedDict):
+    check: str
+    ok: bool
+    detail: str
+
+
+def self_checks(df: pd.DataFrame, manifest: Manifest | None = None) -> list[SelfCheck]:
     """Named checks with ok/detail; a failed check says the figures of this run need a second look."""
-    out = []
+    out: list[SelfCheck] = []
     counts = df["kind"].value_counts()
     sends = int(counts.get("send", 0))
     events_in = _final_counter(df, "events_in")

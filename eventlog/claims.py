@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -35,7 +37,9 @@ def _nan(x: object) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def check_claims(before: dict, after: dict, tested_connections: int | None = None) -> pd.DataFrame:
+def check_claims(
+    before: Mapping[str, Any], after: Mapping[str, Any], tested_connections: int | None = None
+) -> pd.DataFrame:
     """One row per claim: measured values, measured improvement and a verdict.
 
     Verdicts: 'held', 'not held', or 'not measurable here' (a value is missing, or a capacity claim

@@ -20,6 +20,9 @@ One code path for measured and simulated runs. Rules, stated once:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
 import numpy as np
 import pandas as pd
 
@@ -176,12 +179,45 @@ def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
     return total
 
 
+class BenchmarkRow(TypedDict):
+    """One run's row of the seed guide's benchmark table (units in the names; NaN: not measured)."""
+
+    run_id: str
+    source: str
+    profile: str
+    steady_step: int  # the step latency, CPU, throughput and errors come from
+    connections: int  # that step's target
+    max_stable_connections: int
+    max_stable_is_lower_bound: bool  # every step tried held
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    ack_p95_ms: float
+    push_p95_ms: float
+    peak_memory_mb: float  # whole run, all nodes
+    mean_cpu_pct: float  # % of one core, all nodes
+    error_rate_pct: float
+    error_rate_run_pct: float  # whole run
+    throughput_eps: float  # acked events/s
+    max_stable_throughput_eps: float
+    deliveries_per_s: float
+    connect_rate_per_s: float
+    loop_lag_max_ms: float
+    gen_cpu_pct: float
+    send_lag_p99_ms: float
+    sends: int
+    acks: int
+    pushes: int
+    errors: int
+    generator_ok: bool
+
+
 def benchmark_row(
     df: pd.DataFrame,
     manifest: Manifest | None = None,
     slo: SLO | None = None,
     steady_step: int | None = None,
-) -> dict:
+) -> BenchmarkRow:
     """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health.
 
     Latency, CPU, throughput and error rate come from the steady step (``steady_step``, else the
@@ -196,8 +232,8 @@ def benchmark_row(
     best, lower_bound = max_stable(table)
     if steady_step is None and manifest is not None:
         steady_step = manifest.steady_step
-    k = int(steady_step) if steady_step is not None and len(st) else len(st) - 1
-    t0, t1 = (st["window_start"].iloc[k], st["end"].iloc[k]) if len(st) else (0.0, float(df["t"].max() or 0))
+    k = int(steady_step) if steady_step is not None else len(st) - 1
+    t0, t1 = float(st["window_start"].iloc[k]), float(st["end"].iloc[k])
     steady = window_stats(df, t0, t1)
     counts = df["kind"].value_counts()
     errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
@@ -219,38 +255,37 @@ def benchmark_row(
                 gen_pct += (
                     100 * (g["value"].iloc[-1] - g["value"].iloc[0]) / max(g["t"].iloc[-1] - g["t"].iloc[0], 1e-9)
                 )
-    sends = df[df["kind"] == "send"]["latency_s"].to_numpy()
-    row = {
-        "run_id": manifest.run_id if manifest else "",
-        "source": manifest.source if manifest else "",
-        "profile": manifest.profile if manifest else "",
-        "steady_step": k,
-        "connections": int(st["target"].iloc[k]) if len(st) else 0,
-        "max_stable_connections": best,
-        "max_stable_is_lower_bound": lower_bound,
-        "p50_ms": steady["p50_ms"],
-        "p95_ms": steady["p95_ms"],
-        "p99_ms": steady["p99_ms"],
-        "ack_p95_ms": steady["ack_p95_ms"],
-        "push_p95_ms": steady["push_p95_ms"],
-        "peak_memory_mb": peak_mb,
-        "mean_cpu_pct": 100 * _node_rate(df, "cpu_seconds", t0, t1),
-        "error_rate_pct": 100 * steady["error_rate"],
-        "error_rate_run_pct": 100 * errors / attempts if attempts else 0.0,
-        "throughput_eps": steady["throughput_eps"],
-        "max_stable_throughput_eps": max_stable_throughput(table),
-        "deliveries_per_s": steady["deliveries_per_s"],
-        "connect_rate_per_s": len(oks) / ramp if ramp and ramp > 0 else float("nan"),
-        "loop_lag_max_ms": 1000 * float(lag.max()) if len(lag) else float("nan"),
-        "gen_cpu_pct": gen_pct,
-        "send_lag_p99_ms": 1000 * percentile(sends, 99),
-        "sends": int(counts.get("send", 0)),
-        "acks": int(counts.get("ack", 0)),
-        "pushes": int(counts.get("push", 0)),
-        "errors": errors,
-    }
-    row["generator_ok"] = generator_ok(row["gen_cpu_pct"], row["send_lag_p99_ms"])
-    return row
+    send_lag_p99_ms = 1000 * percentile(df[df["kind"] == "send"]["latency_s"].to_numpy(), 99)
+    return BenchmarkRow(
+        run_id=manifest.run_id if manifest else "",
+        source=manifest.source if manifest else "",
+        profile=manifest.profile if manifest else "",
+        steady_step=k,
+        connections=int(st["target"].iloc[k]),
+        max_stable_connections=best,
+        max_stable_is_lower_bound=lower_bound,
+        p50_ms=steady["p50_ms"],
+        p95_ms=steady["p95_ms"],
+        p99_ms=steady["p99_ms"],
+        ack_p95_ms=steady["ack_p95_ms"],
+        push_p95_ms=steady["push_p95_ms"],
+        peak_memory_mb=peak_mb,
+        mean_cpu_pct=100 * _node_rate(df, "cpu_seconds", t0, t1),
+        error_rate_pct=100 * steady["error_rate"],
+        error_rate_run_pct=100 * errors / attempts if attempts else 0.0,
+        throughput_eps=steady["throughput_eps"],
+        max_stable_throughput_eps=max_stable_throughput(table),
+        deliveries_per_s=steady["deliveries_per_s"],
+        connect_rate_per_s=len(oks) / ramp if ramp and ramp > 0 else float("nan"),
+        loop_lag_max_ms=1000 * float(lag.max()) if len(lag) else float("nan"),
+        gen_cpu_pct=gen_pct,
+        send_lag_p99_ms=send_lag_p99_ms,
+        sends=int(counts.get("send", 0)),
+        acks=int(counts.get("ack", 0)),
+        pushes=int(counts.get("push", 0)),
+        errors=errors,
+        generator_ok=generator_ok(gen_pct, send_lag_p99_ms),
+    )
 
 
 def timeseries(df: pd.DataFrame, bucket_s: float = 1.0) -> pd.DataFrame:
@@ -312,7 +347,7 @@ def improvement(before: float, after: float, lower_is_better: bool) -> float:
     return 100 * ((before - after) / before if lower_is_better else (after - before) / before)
 
 
-def compare(before: dict, after: dict) -> pd.DataFrame:
+def compare(before: Mapping[str, Any], after: Mapping[str, Any]) -> pd.DataFrame:
     """The before/after table with an improvement column."""
     rows = []
     for key, (label, lower) in TABLE_METRICS.items():

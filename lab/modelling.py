@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -70,7 +72,7 @@ def capacity_rows(
             name=f"{sc.name}-{label}-{n}",
             extra={"label": f"{label}@{n}", "slo": sc.slo.model_dump()},
         )
-        reps = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
+        reps: list[Mapping[str, Any]] = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
         row = {
             "label": label,
             "connections": n,
@@ -254,7 +256,7 @@ def run_sweep(
             name=f"{sc.name}-sweep",
             extra={"label": json.dumps(setting)},
         )
-        reps = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
+        reps: list[Mapping[str, Any]] = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
         row = {**setting, "connections": n, "nodes": nodes}
         for m in ("p95_ms", "error_rate_pct", "mean_cpu_pct", "throughput_eps"):
             row[m], row[m + "_ci"] = confidence([r[m] for r in reps])

@@ -15,11 +15,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.figure import Figure
 
-from eventlog import SLO, WARMUP_RULE, timeseries
+from eventlog import SLO, WARMUP_RULE, Run, timeseries
 from model.parameters import Calibration
 
-from .results import before_after, load_outputs
+from .results import Summary, before_after, load_outputs
 from .tables import fmt
 
 A4 = (8.27, 11.69)
@@ -31,7 +32,7 @@ def _page(title: str) -> plt.Figure:
     return fig
 
 
-def _text(fig, y: float, lines: list[str], size: float = 9.0, width: int = 100) -> float:
+def _text(fig: Figure, y: float, lines: list[str], size: float = 9.0, width: int = 100) -> float:
     for line in lines:
         for part in textwrap.wrap(line, width) or [""]:
             fig.text(0.06, y, part, fontsize=size, va="top", family="DejaVu Sans")
@@ -39,8 +40,10 @@ def _text(fig, y: float, lines: list[str], size: float = 9.0, width: int = 100) 
     return y
 
 
-def _table(fig, rect, df: pd.DataFrame, size: float = 7.0) -> None:
-    ax = fig.add_axes(rect)
+def _table(
+    fig: Figure, rect: tuple[float, float, float, float] | list[float], df: pd.DataFrame, size: float = 7.0
+) -> None:
+    ax = fig.add_axes((rect[0], rect[1], rect[2], rect[3]))
     ax.axis("off")
     if df.empty:
         return
@@ -66,7 +69,7 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
         if summary or not capacity.empty:
             latency_page(pdf, summary, capacity)
         if summary:
-            resources_page(pdf, [s["run"] for s in summary.values()])
+            resources_page(pdf, [s.run for s in summary.values()])
         if len(labels) > 2:
             ablation_page(pdf, summary, labels)
         if model:
@@ -75,10 +78,10 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
     return pdf_path
 
 
-def summary_page(pdf, record, model, summary, labels) -> None:
+def summary_page(pdf: PdfPages, record: dict, model: dict, summary: Summary, labels: list[str]) -> None:
     fig = _page(f"Capacity report: {record['scenario']}")
     first = next(iter(summary.values()), None)
-    manifest = first["manifest"] if first else None
+    manifest = first.manifest if first else None
     scen = manifest.scenario if manifest else {}
     slo = SLO.from_manifest(manifest) if manifest else SLO()
     m = manifest.machine if manifest else {}
@@ -91,10 +94,10 @@ def summary_page(pdf, record, model, summary, labels) -> None:
         "Measured capacity of one node (step ramp; the last step of the leading run that held the SLO):",
     ]
     for label, s in summary.items():
-        row = s["row"]
+        row = s.row
         bound = ">= " if row["max_stable_is_lower_bound"] else ""
         lines.append(
-            f"  - {label} [{s['run_id']}]: {bound}{row['max_stable_connections']} connections, "
+            f"  - {label} [{s.run_id}]: {bound}{row['max_stable_connections']} connections, "
             f"max {fmt(row['max_stable_throughput_eps'], '{:.0f}')} acked events/s within the SLO"
         )
     for label, cap in (model.get("capacity") or {}).items():
@@ -124,10 +127,10 @@ def summary_page(pdf, record, model, summary, labels) -> None:
     plt.close(fig)
 
 
-def before_after_page(pdf, summary, labels) -> None:
+def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:
     fig = _page(f"Before and after: {labels[0]} vs {labels[-1]}")
     table, claims = before_after(summary, labels[0], labels[-1])
-    _text(fig, 0.93, [f"runs: {summary[labels[0]]['run_id']} -> {summary[labels[-1]]['run_id']}"])
+    _text(fig, 0.93, [f"runs: {summary[labels[0]].run_id} -> {summary[labels[-1]].run_id}"])
     _table(
         fig, [0.06, 0.55, 0.88, 0.35], table.drop(columns=["key"]).rename(columns={"improvement_pct": "improvement %"})
     )
@@ -136,13 +139,13 @@ def before_after_page(pdf, summary, labels) -> None:
     plt.close(fig)
 
 
-def latency_page(pdf, summary, capacity) -> None:
+def latency_page(pdf: PdfPages, summary: Summary, capacity: pd.DataFrame) -> None:
     fig = _page("Latency against connections and against event rate")
     ax1 = fig.add_axes((0.1, 0.55, 0.82, 0.35))
     ax2 = fig.add_axes((0.1, 0.1, 0.82, 0.35))
     for label, s in summary.items():
-        st = s["steps"]
-        ax1.plot(st["target"], st["p95_ms"], "o", label=f"{label} measured p95 [{s['run_id'][-6:]}]")
+        st = s.steps
+        ax1.plot(st["target"], st["p95_ms"], "o", label=f"{label} measured p95 [{s.run_id[-6:]}]")
         ax2.plot(st["sends_per_s"], st["p95_ms"], "o-", label=f"{label} measured")
     for label, g in capacity.groupby("label") if not capacity.empty else []:
         g = g.sort_values("connections")
@@ -161,7 +164,7 @@ def latency_page(pdf, summary, capacity) -> None:
     plt.close(fig)
 
 
-def resources_page(pdf, runs) -> None:
+def resources_page(pdf: PdfPages, runs: list[Run]) -> None:
     fig = _page("CPU, memory and event-loop lag (measured, per second)")
     axes = [fig.add_axes((0.1, y, 0.82, 0.24)) for y in (0.64, 0.36, 0.08)]
     for run in runs:
@@ -179,17 +182,17 @@ def resources_page(pdf, runs) -> None:
     plt.close(fig)
 
 
-def ablation_page(pdf, summary, labels) -> None:
+def ablation_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:
     fig = _page(f"Ablation: each variant against {labels[0]}")
     rows = pd.DataFrame(
         [
             {
                 "label": k,
                 **{
-                    m: v["row"][m]
+                    m: v.row[m]
                     for m in ("p95_ms", "mean_cpu_pct", "max_stable_throughput_eps", "peak_memory_mb", "error_rate_pct")
                 },
-                "run": v["run_id"],
+                "run": v.run_id,
             }
             for k, v in summary.items()
         ]
@@ -206,7 +209,7 @@ def ablation_page(pdf, summary, labels) -> None:
     plt.close(fig)
 
 
-def model_page(pdf, model, validation) -> None:
+def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame) -> None:
     fig = _page("Model: validation against fixed bands, calibration, assumptions")
     lines = [f"Bands (fixed before fitting): {model.get('bands', '')}"]
     for label, path in (model.get("calibrations") or {}).items():
@@ -249,16 +252,16 @@ def model_page(pdf, model, validation) -> None:
     plt.close(fig)
 
 
-def manifests_page(pdf, summary, record) -> None:
+def manifests_page(pdf: PdfPages, summary: Summary, record: dict) -> None:
     fig = _page("Runs used")
     lines = []
     for _label, s in summary.items():
-        m = s["manifest"]
+        m = s.manifest
         lines.append(
             f"{m.run_id}: {m.source}, {m.status}, profile {m.profile}, nodes {m.nodes}, "
             f"toggles {json.dumps(m.server.toggles if m.server else {})}, started {m.started_at}"
         )
-        for c in s["checks"]:
+        for c in s.checks:
             lines.append(f"    check: {'ok' if c['ok'] else 'FAILED'}: {c['check']}: {c['detail']}")
     sims = record.get("simulated", [])
     if sims:

@@ -3,20 +3,43 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from eventlog import SLO, benchmark_row, check_claims, compare, read_run, step_table
-from eventlog.checks import self_checks
+from eventlog import SLO, Manifest, Run, benchmark_row, check_claims, compare, read_run, step_table
+from eventlog.checks import SelfCheck, self_checks
+from eventlog.projections import BenchmarkRow
 
 from .tables import markdown
 
 
-def summarize(run_dirs: list[Path], steady_step: int | None = None) -> dict:
+@dataclass
+class RunSummary:
+    """One run as the tables, notebooks and report see it."""
+
+    run: Run
+    row: BenchmarkRow
+    steps: pd.DataFrame  # step_table: one row per load step, and whether it held
+    checks: list[SelfCheck]  # measured runs only
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.run.manifest
+
+
+Summary = dict[str, RunSummary]  # by label
+
+
+def summarize(run_dirs: list[Path], steady_step: int | None = None) -> Summary:
     """Benchmark row, step table and self-checks of each run, keyed by its label. The steady step is
     ``steady_step``, else the scenario's ``workload.steady_step``, else the last step."""
-    out = {}
+    out: Summary = {}
     for d in run_dirs:
         run = read_run(d)
         slo = SLO.from_manifest(run.manifest)
@@ -24,35 +47,33 @@ def summarize(run_dirs: list[Path], steady_step: int | None = None) -> dict:
             steady_step = (run.manifest.scenario.get("workload") or {}).get("steady_step")
         run.manifest.steady_step = steady_step
         label = run.manifest.label or run.manifest.run_id
-        out[label] = {
-            "run_id": run.run_id,
-            "run": run,
-            "manifest": run.manifest,
-            "row": benchmark_row(run.events, run.manifest, slo, steady_step),
-            "steps": step_table(run.events, slo),
-            "checks": self_checks(run.events, run.manifest) if run.manifest.source == "measured" else [],
-        }
+        out[label] = RunSummary(
+            run=run,
+            row=benchmark_row(run.events, run.manifest, slo, steady_step),
+            steps=step_table(run.events, slo),
+            checks=self_checks(run.events, run.manifest) if run.manifest.source == "measured" else [],
+        )
     return out
 
 
-def before_after(summary: dict, before: str, after: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    b, a = summary[before]["row"], summary[after]["row"]
-    tested = int(summary[after]["steps"]["target"].max()) if len(summary[after]["steps"]) else None
+def before_after(summary: Summary, before: str, after: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    b, a = summary[before].row, summary[after].row
+    tested = int(summary[after].steps["target"].max()) if len(summary[after].steps) else None
     return compare(b, a), check_claims(b, a, tested_connections=tested)
 
 
-def write_tables(summary: dict, out_dir: Path, before: str | None = None) -> dict[str, Path]:
+def write_tables(summary: Summary, out_dir: Path, before: str | None = None) -> dict[str, Path]:
     """rows.csv, steps.csv, checks.json, and for every other label vs ``before``: table and claims files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = list(summary)
     files = {}
-    rows = pd.DataFrame([{"label": k, **v["row"]} for k, v in summary.items()])
+    rows = pd.DataFrame([{"label": k, **v.row} for k, v in summary.items()])
     rows.to_csv(out_dir / "rows.csv", index=False)
     files["rows"] = out_dir / "rows.csv"
-    steps = pd.concat([v["steps"].assign(label=k, run_id=v["run_id"]) for k, v in summary.items()], ignore_index=True)
+    steps = pd.concat([v.steps.assign(label=k, run_id=v.run_id) for k, v in summary.items()], ignore_index=True)
     steps.to_csv(out_dir / "steps.csv", index=False)
     files["steps"] = out_dir / "steps.csv"
-    (out_dir / "checks.json").write_text(json.dumps({k: v["checks"] for k, v in summary.items()}, indent=2))
+    (out_dir / "checks.json").write_text(json.dumps({k: v.checks for k, v in summary.items()}, indent=2))
     before = before or labels[0]
     md = []
     for label in labels:
@@ -65,7 +86,7 @@ def write_tables(summary: dict, out_dir: Path, before: str | None = None) -> dic
         md += [
             f"## {before} vs {label}",
             "",
-            f"runs: {summary[before]['run_id']} -> {summary[label]['run_id']}",
+            f"runs: {summary[before].run_id} -> {summary[label].run_id}",
             "",
             markdown(table.drop(columns=["key"]), "{:.4g}"),
             "",
@@ -137,7 +158,7 @@ def load_outputs(out_dir: Path | str) -> dict:
         "record": record,
         "measured": measured,
         "summary": summary,
-        "runs": {k: v["run"] for k, v in summary.items()},
+        "runs": {k: v.run for k, v in summary.items()},
         "capacity": csv("capacity.csv"),
         "validation": csv("validation.csv"),
         "sweep": csv("sweep.csv"),

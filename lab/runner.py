@@ -54,7 +54,7 @@ def run_scenario(
         summary = summarize(measured, record["steady_step"])
         write_tables(summary, out_dir)
         for label, s in summary.items():
-            for c in s["checks"]:
+            for c in s.checks:
                 log(f"  check {label}: {'ok ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
     (out_dir / "runs.json").write_text(json.dumps(record, indent=2))
     if sc.report:

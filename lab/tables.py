@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -33,7 +35,7 @@ def fmt(value, pattern: str = "{:.4g}") -> str:
     return str(value)
 
 
-def format_row(row: dict) -> str:
+def format_row(row: Mapping[str, Any]) -> str:
     """A benchmark row as aligned ``name: value`` lines."""
     lines = [f"run {row.get('run_id', '')} ({row.get('source', '')}, {row.get('profile', '') or 'profile n/a'})"]
     for key, label, pattern in ROW_FIELDS:
