@@ -87,6 +87,10 @@ class Load(BaseModel):
     rooms_per_connection: int = Field(0, ge=0, le=50, description="sub-rooms each connection joins")
     chat_to: Literal["company", "room"] = "company"
     churn_per_s: float = Field(0.0, ge=0, description="planned disconnect+reconnects per second")
+    churn_away_s: float = Field(0.0, ge=0, le=3600, description="seconds a churned client stays away")
+    recover: bool = Field(
+        False, strict=True, description="clients ask for missed-message recovery: a reconnect replays what they missed"
+    )
     ack_timeout_s: float = Field(5.0, gt=0)
     companies: int = Field(4, ge=1, le=1000, description="tenants the users are spread over")
     users_per_company: int | None = Field(

@@ -13,6 +13,10 @@ One code path for measured and simulated runs. Rules, stated once:
   own, so it counts on both sides and the rate stays a fraction even when everything fails), each error
   placed in a window by the time of the attempt it ends (``t - latency_s`` where the row has one:
   timeouts, refused connects, rejects; its own ``t`` otherwise), as attempts are by theirs.
+- Recovery: ``recovered`` rows (missed deliveries replayed at a reconnect) and ``recovery_fail``
+  rows (rooms that could not be replayed) are counted by :func:`recovery_stats`, apart from
+  ``push`` latency and from the error rate: a replay is late by design, and a failed recovery fails
+  no request (the client resyncs).
 - A step holds when p95 <= SLO p95, error rate <= SLO error rate and at least 99 % of its target
   connections were live; max stable connections is the target of the last step of the leading
   run of steps that held; max stable throughput is the highest acked rate of any step that held.
@@ -88,6 +92,18 @@ def _latencies(df: pd.DataFrame, t0: float, t1: float, kinds: tuple[str, ...] = 
     return ev["latency_s"].to_numpy()[(sent >= t0) & (sent < t1)]
 
 
+def recovery_stats(counts: Mapping[str, int] | pd.Series, span_s: float | None = None) -> dict[str, Any]:
+    """Recovered deliveries and failed room recoveries from a row count by kind (per second too,
+    given the span). Version 1 logs have neither kind: zeros."""
+    out: dict[str, Any] = {
+        "recovered": int(counts.get("recovered", 0)),
+        "recovery_failures": int(counts.get("recovery_fail", 0)),
+    }
+    if span_s is not None:
+        out["recovered_per_s"] = out["recovered"] / span_s
+    return out
+
+
 def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
     """Latency percentiles, error rate and throughput of events intended in ``[t0, t1)``."""
     in_win = df[(df["t"] >= t0) & (df["t"] < t1)]
@@ -109,6 +125,7 @@ def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
         "deliveries_per_s": int(counts.get("push", 0)) / span,
         "sends_per_s": int(counts.get("send", 0)) / span,
         "send_lag_p99_ms": 1000 * percentile(in_win[in_win["kind"] == "send"]["latency_s"].to_numpy(), 99),
+        **recovery_stats(counts, span),
     }
 
 
@@ -208,6 +225,8 @@ class BenchmarkRow(TypedDict):
     sends: int
     acks: int
     pushes: int
+    recovered: int  # missed deliveries replayed at reconnects, whole run
+    recovery_failures: int  # rooms a reconnect could not replay, whole run
     errors: int
     generator_ok: bool
 
@@ -256,6 +275,7 @@ def benchmark_row(
                     100 * (g["value"].iloc[-1] - g["value"].iloc[0]) / max(g["t"].iloc[-1] - g["t"].iloc[0], 1e-9)
                 )
     send_lag_p99_ms = 1000 * percentile(df[df["kind"] == "send"]["latency_s"].to_numpy(), 99)
+    recovery = recovery_stats(counts)
     return BenchmarkRow(
         run_id=manifest.run_id if manifest else "",
         source=manifest.source if manifest else "",
@@ -283,6 +303,8 @@ def benchmark_row(
         sends=int(counts.get("send", 0)),
         acks=int(counts.get("ack", 0)),
         pushes=int(counts.get("push", 0)),
+        recovered=recovery["recovered"],
+        recovery_failures=recovery["recovery_failures"],
         errors=errors,
         generator_ok=generator_ok(gen_pct, send_lag_p99_ms),
     )

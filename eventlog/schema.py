@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+# 1: the kinds up to "sample". 2: adds "recovered" (a missed delivery replayed at a reconnect, its
+# latency from the original send time, kept apart from "push") and "recovery_fail" (a room whose
+# missed deliveries could not be replayed; ``name`` is the server's reason). Kinds are only ever
+# appended, so a version 1 part reads unchanged: it holds none of the new kinds.
+SCHEMA_VERSION = 2
 
 KINDS: tuple[str, ...] = (
     "connect_start",
@@ -18,6 +22,8 @@ KINDS: tuple[str, ...] = (
     "reject",
     "error",
     "sample",
+    "recovered",
+    "recovery_fail",
 )
 KIND_INDEX = {k: i for i, k in enumerate(KINDS)}
 
@@ -37,7 +43,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "conn": (pa.int32(), "virtual connection id, -1 where none"),
     "node": (pa.int16(), "server node, -1 where none"),
     "name": (pa.dictionary(pa.int32(), pa.string()), "event name, or metric name for 'sample' rows"),
-    "latency_s": (pa.float64(), "ack/push: from the intended send time; send: send lag; NaN elsewhere"),
+    "latency_s": (pa.float64(), "ack/push/recovered: from the intended send time; send: send lag; NaN elsewhere"),
     "bytes": (pa.int32(), "payload size"),
     "value": (pa.float64(), "sample value; NaN elsewhere"),
 }
