@@ -45,7 +45,19 @@ def raise_fd_limit() -> int:
 class VConn:
     """A virtual client: its id, token, live connection and acks in flight."""
 
-    __slots__ = ("addr", "conn", "epoch", "id", "pending", "planned_close", "room", "token", "up")
+    __slots__ = (
+        "addr",
+        "conn",
+        "epoch",
+        "id",
+        "pending",
+        "planned_close",
+        "positions",
+        "replaying",
+        "room",
+        "token",
+        "up",
+    )
 
     def __init__(self, cid: int, token: str, addr: int) -> None:
         self.id = cid
@@ -57,6 +69,10 @@ class VConn:
         self.planned_close = False
         self.room: str | None = None
         self.epoch = 0  # bumped on every (re)connect: heap entries of an older connection are dropped
+        # recovery (``recover``): the last position seen per room, kept across reconnects, and per
+        # room how many of the deliveries that follow the server's ``recovery`` report are replays
+        self.positions: dict[str, tuple[str, int]] = {}
+        self.replaying: dict[str, int] = {}
 
 
 class Worker:
@@ -91,7 +107,7 @@ class Worker:
         self.progress = progress
         self.connecting: set[asyncio.Task] = set()
         self.window_lat: list[float] = []
-        self.counts = {"send": 0, "ack": 0, "push": 0, "err": 0}
+        self.counts = {"send": 0, "ack": 0, "push": 0, "err": 0, "recovered": 0, "recovery_fail": 0, "duplicate": 0}
         self.sessions: list[aiohttp.ClientSession] = []
         self.bugs = 0
         self.abort_reason: str | None = None
@@ -133,13 +149,19 @@ class Worker:
     # -- connections --------------------------------------------------------------------------
     async def open(self, vc: VConn, t_int: float) -> None:
         w = self.writer
+        await self.sleep_until(t_int)  # a churned client away for ``churn_away_s``
         w.row("connect_start", t_int, conn=vc.id)
         vc.planned_close = False
+        rooms = [f"room{(vc.id + r) % 8}" for r in range(self.spec.rooms_per_connection)]
+        auth: dict = {"token": vc.token}
+        if self.spec.recover:  # the rooms are joined by the connect itself, so a reconnect can resume them
+            auth["recover"] = {"rooms": rooms, "since": {r: list(p) for r, p in vc.positions.items()}}
+            vc.replaying = {}
         try:
             conn = await Connection.open(
                 self.sessions[vc.addr],
                 self.url_of(vc),
-                {"token": vc.token},
+                auth,
                 timeout=self.spec.connect_timeout_s,
                 on_event=lambda name, args: self.on_event(vc, name, args),
                 on_ack=lambda ack_id, args: self.on_ack(vc, ack_id, args),
@@ -158,9 +180,10 @@ class Worker:
         now = w.now()
         w.row("connect_ok", now, conn=vc.id, latency_s=now - t_int)
         vc.conn, vc.up = conn, True
-        for r in range(self.spec.rooms_per_connection):
-            vc.room = f"room{(vc.id + r) % 8}"
-            await self.send(vc, "join", vc.room, now)
+        for room in rooms:
+            vc.room = room
+            if not self.spec.recover:
+                await self.send(vc, "join", room, now)
         # one schedule per virtual client: a reconnect starts a new one and retires the old entry,
         # which would otherwise stay in the heap and double this client's rate after every churn
         vc.epoch += 1
@@ -199,15 +222,50 @@ class Worker:
             self.window_lat.append(lat)
 
     def on_event(self, vc: VConn, name: str, args: list) -> None:
+        kind = "push"
+        if self.spec.recover:
+            if name == "recovery":
+                self.on_recovery(vc, args)
+                return
+            seq = args[-1].get("_seq") if args and isinstance(args[-1], dict) else None
+            if isinstance(seq, list) and len(seq) == 3:
+                room, epoch, n = seq
+                last = vc.positions.get(room)
+                if last is not None and last[0] == epoch and n <= last[1]:
+                    self.counts["duplicate"] += 1  # seen already (live or replayed): never counted twice
+                    return
+                vc.positions[room] = (epoch, n)
+                if vc.replaying.get(room, 0) > 0:
+                    vc.replaying[room] -= 1
+                    kind = "recovered"
         if name != "chat" or not args or not isinstance(args[0], dict):
             return
         data = args[0].get("data")
         if isinstance(data, dict) and isinstance(data.get("t"), float):
             now = self.writer.now()
-            lat = now - data["t"]
-            self.writer.row("push", now, conn=vc.id, name="chat", latency_s=lat)
-            self.counts["push"] += 1
-            self.window_lat.append(lat)
+            lat = now - data["t"]  # a replay too: from the original send time
+            self.writer.row(kind, now, conn=vc.id, name="chat", latency_s=lat)
+            self.counts[kind] += 1
+            if kind == "push":
+                self.window_lat.append(lat)
+
+    def on_recovery(self, vc: VConn, args: list) -> None:
+        """The server's report after a connect with ``recover``: how many replays follow per room,
+        a ``recovery_fail`` row (reason) per room it could not replay, and positions to resume from."""
+        report = args[0] if args and isinstance(args[0], dict) else {}
+        rooms = report.get("rooms")
+        for room, result in (rooms if isinstance(rooms, dict) else {}).items():
+            if isinstance(result, dict) and result.get("ok") is True:
+                vc.replaying[room] = int(result.get("replayed", 0))
+                continue
+            vc.positions.pop(room, None)
+            reason = result.get("reason") if isinstance(result, dict) else None
+            self.writer.row("recovery_fail", self.writer.now(), conn=vc.id, name=str(reason or "unknown")[:120])
+            self.counts["recovery_fail"] += 1
+        positions = report.get("positions")
+        for room, pos in (positions if isinstance(positions, dict) else {}).items():
+            if isinstance(pos, list) and len(pos) == 2:
+                vc.positions[room] = (pos[0], pos[1])
 
     # -- sending ------------------------------------------------------------------------------
     async def send(self, vc: VConn, name: str, arg: object, t_int: float) -> None:
@@ -317,7 +375,7 @@ class Worker:
             vc.planned_close = True
             if vc.conn is not None:
                 await vc.conn.close()
-            self.spawn_open(vc, self.writer.now())
+            self.spawn_open(vc, self.writer.now() + self.spec.churn_away_s)
 
     def spawn_open(self, vc: VConn, t_int: float) -> None:
         task = asyncio.get_running_loop().create_task(self.open(vc, t_int))
