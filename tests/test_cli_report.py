@@ -171,6 +171,8 @@ def test_bad_inputs_exit_2_with_a_reason(tmp_path):
     res = caplab("run", str(tmp_path / "bad.yaml"), "--runs", str(tmp_path / "r"))
     assert res.returncode == 2 and "workload.steps.0.hold_s" in res.stderr and "nothing started" in res.stderr
     assert not (tmp_path / "r").exists()
+    res = caplab("calibrate", "--live", "http://127.0.0.1:1", "--out", str(tmp_path / "cal.json"))
+    assert res.returncode == 2 and "--live needs --profile" in res.stderr and not (tmp_path / "cal.json").exists()
 
 
 def test_calibrate_simulate_runs_commands(tiny_outputs, tmp_path):
@@ -256,3 +258,16 @@ def test_the_report_says_when_a_calibration_cannot_be_read(tiny_outputs, tmp_pat
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(copy / "report.pdf").pages).split())
     assert "calibration file" in text and "could not be read" in text
     assert "calibration" in res.stderr and "could not be read" in res.stderr
+
+
+def test_a_live_scrape_records_the_settings_of_the_declared_profile(tmp_path):
+    from lab.live import scrape_live
+    from model.calibrate import SETTINGS_USED, settings_of
+
+    create_users(tmp_path / "db", 1, 1)
+    with ServerProcess("optimized", tmp_path / "db", {"metrics_interval_ms": 200}, log_path=tmp_path / "s.log") as srv:
+        run = read_run(scrape_live(srv.url, 1.5, tmp_path / "runs", "optimized", interval_s=0.3))
+    assert run.manifest.status == "complete" and run.manifest.profile == "optimized"
+    assert run.manifest.server is not None and run.manifest.server.toggles["batching"]
+    assert set(settings_of(run)) == set(SETTINGS_USED)
+    assert ((run.events["kind"] == "sample") & (run.events["name"] == "events_in")).sum() >= 2
