@@ -31,16 +31,22 @@ SETTINGS_USED = (
 )
 
 
+# Read only from runs whose server had the recovery toggle on (a run without it replays nothing).
+RECOVERY_SETTINGS = ("recovery_window_s", "recovery_max_events")
+
+
 def settings_of(run: Run) -> dict:
     """The :data:`SETTINGS_USED` a run's manifest records; ValueError naming the missing ones."""
     recorded = run.manifest.server.settings if run.manifest.server else {}
-    missing = [k for k in SETTINGS_USED if recorded.get(k) is None]
+    toggles = run.manifest.server.toggles if run.manifest.server else {}
+    used = SETTINGS_USED + (RECOVERY_SETTINGS if toggles.get("recovery") else ())
+    missing = [k for k in used if recorded.get(k) is None]
     if missing:
         raise ValueError(
             f"run {run.run_id} records no server setting {', '.join(missing)}; "
             "the model takes them from the run, it does not assume them"
         )
-    return {k: recorded[k] for k in SETTINGS_USED}
+    return {k: recorded[k] for k in used}
 
 
 def node_series(df: pd.DataFrame) -> pd.DataFrame:
@@ -184,6 +190,8 @@ def calibrate(runs: list[Run]) -> Calibration:
         conn_limits=bool(toggles.get("conn_limits")),
         max_connections=settings["max_connections"],
         max_per_company=settings["max_per_company"],
+        recovery_window_s=settings.get("recovery_window_s", 0.0),
+        recovery_max_events=settings.get("recovery_max_events", 0),
         source_runs=[run.run_id for run in runs],
         fit={"cpu": cpu_q, "memory": mem_q, "units": {"cpu": "seconds of loop time", "memory": "bytes"}},
         assumptions=assumptions,

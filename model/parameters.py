@@ -51,6 +51,9 @@ class Calibration(BaseModel):
     conn_limits: bool = False
     max_connections: int = 2000
     max_per_company: int = 500
+    # missed-message recovery (server toggle recovery): what a reconnect can replay
+    recovery_window_s: float = Field(0.0, ge=0, description="replay window; 0: the server replays nothing")
+    recovery_max_events: int = Field(0, ge=0, description="deliveries kept per room; 0: the server replays nothing")
     # provenance
     source_runs: list[str] = Field(default_factory=list)
     fit: dict = Field(default_factory=dict)

@@ -46,6 +46,8 @@ NAMES = [
     "gc_pause_gen0",
     "connects",
     "gc_collections",
+    "too_old",
+    "overrun",
 ]
 NAME = {n: i for i, n in enumerate(NAMES)}
 K = KIND_INDEX
@@ -103,6 +105,24 @@ class Rows:
         return out
 
 
+class Times:
+    """A growable array of send times (amortized doubling): one company's chats, for replays."""
+
+    def __init__(self) -> None:
+        self.buf = np.empty(64)
+        self.n = 0
+
+    def extend(self, t: np.ndarray) -> None:
+        need = self.n + t.size
+        if need > self.buf.size:
+            self.buf = np.concatenate([self.buf[: self.n], np.empty(max(need, 2 * self.buf.size) - self.n)])
+        self.buf[self.n : need] = t
+        self.n = need
+
+    def since(self, k: int) -> np.ndarray:
+        return self.buf[k : self.n]
+
+
 @dataclass
 class NodeState:
     free_at: float = 0.0
@@ -143,6 +163,11 @@ class Simulation:
         mix = {k: v for k, v in wl.mix.items() if v > 0}
         total = sum(mix.values())
         self.p_chat = mix.get("chat", 0.0) / total
+        # recovery: a client that reconnects is replayed the chats of its company it missed
+        self.recovering = wl.recover and cal.recovery_max_events > 0
+        self.chats = [Times() for _ in range(int(self.company.max()) + 1)] if self.recovering else []
+        self.away: dict[int, int] = {}  # churned client -> chats of its company before it left
+        self.replays: dict[int, np.ndarray | str] = {}  # reconnecting client -> send times replayed, or why not
         self.gc_dist = None
         if cal.gc.collections_per_event > 0:
             from scipy import stats
@@ -216,7 +241,9 @@ class Simulation:
                 self.live[cid] = False
                 self.nodes[self.node_of[cid]].closed += 1
                 self.rows.add(K["disconnect"], self.env.now, conn=cid, name=NAME["client close"])
-                self.connects.append((self.env.now, cid))
+                if self.recovering:
+                    self.away[cid] = self.chats[self.company[cid]].n
+                self.connects.append((self.env.now + self.wl.churn_away_s, cid))
 
     # -- one slice of every node's event loop -------------------------------------------------
     def arrivals(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
@@ -251,6 +278,10 @@ class Simulation:
         ev_t, ev_c = self.arrivals(t0, t1)
         self.events_in += ev_t.size
         is_chat = self.r_mix.random(ev_t.size) < self.p_chat
+        if self.recovering and is_chat.any():  # before the connects: a client back in this slice missed these
+            chat_t, chat_c = ev_t[is_chat], self.company[ev_c[is_chat]]
+            for c in np.unique(chat_c):
+                self.chats[c].extend(chat_t[chat_c == c])
         built = [self.build_jobs(n, t0, t1, ev_t, ev_c, is_chat, due) for n in range(self.n_nodes)]
         if self.n_nodes > 1:
             # pass 1: when each origin finishes its room events, to time their fan-out elsewhere
@@ -292,7 +323,10 @@ class Simulation:
         mine = [(t, c) for t, c in due if self.node_of[c] == n]
         if mine:
             jobs_t.append(np.array([t for t, _ in mine]))
-            jobs_s.append(self.service(cal.cpu_per_connect_s, len(mine)))
+            svc = self.service(cal.cpu_per_connect_s, len(mine))
+            if self.recovering:  # a reconnect costs its replay, one delivery each (no extra draw: same streams)
+                svc = svc + np.array([self.replay(t, c) for t, c in mine]) * cal.cpu_per_delivery_s
+            jobs_s.append(svc)
             jobs_k.append(np.full(len(mine), JOB_CONNECT))
             jobs_i.append(np.array([c for _, c in mine]))
         live_n = int((self.live & (self.node_of == n)).sum())
@@ -421,12 +455,38 @@ class Simulation:
             s = np.tile(sent, members.size)
             self.rows.add(K["push"], w, conn=np.repeat(members, sent.size), name=NAME["chat"], latency=w - s)
 
+    def replay(self, t: float, cid: int) -> int:
+        """What a client reconnecting at ``t`` is replayed: the chats of its company it missed, unless
+        the server's buffer no longer holds the first of them (older than the window: ``too_old``;
+        more than its per-room bound: ``overrun``), when it replays nothing. Returns the count.
+
+        Missed: the chats the model did not deliver to it, from the slice it left in up to ``t``.
+        (Chats later in the slice it comes back in are not delivered to it either, a slice
+        artifact of the model with or without recovery, and are not replayed: they were not sent
+        while it was away.)"""
+        mark = self.away.pop(cid, None)
+        if mark is None:
+            return 0  # a first connect
+        cal, missed = self.cal, self.chats[self.company[cid]].since(mark)
+        missed = missed[: np.searchsorted(missed, t)]
+        if missed.size and missed[0] < t - cal.recovery_window_s:
+            self.replays[cid] = "too_old"
+        elif missed.size > cal.recovery_max_events:
+            self.replays[cid] = "overrun"
+        else:
+            self.replays[cid] = missed.copy()
+            return missed.size
+        return 0
+
     def emit_connects(
         self, n: int, t_all: np.ndarray, done: np.ndarray, k_all: np.ndarray, i_all: np.ndarray, base: float
     ) -> None:
         cal, rows = self.cal, self.rows
         for j in np.flatnonzero(k_all == JOB_CONNECT):
             cid, t = int(i_all[j]), float(t_all[j])
+            replay = self.replays.pop(cid, None)
+            replayed = replay if isinstance(replay, np.ndarray) else np.empty(0)
+            ok = done[j] - replayed.size * cal.cpu_per_delivery_s + base  # the connect, then its replay
             rows.add(K["connect_start"], t, conn=cid)
             if cal.conn_limits:
                 refused = None
@@ -440,7 +500,12 @@ class Simulation:
                     continue
             self.live[cid] = True
             self.connects_ok += 1
-            rows.add(K["connect_ok"], done[j] + base, conn=cid, latency=done[j] + base - t)
+            rows.add(K["connect_ok"], ok, conn=cid, latency=ok - t)
+            if isinstance(replay, str):
+                rows.add(K["recovery_fail"], ok, conn=cid, name=NAME[replay])
+            elif replayed.size:
+                when = ok + (np.arange(replayed.size) + 1) * cal.cpu_per_delivery_s
+                rows.add(K["recovered"], when, conn=cid, name=NAME["chat"], latency=when - replayed)
 
     def emit_pings(self, n: int, t_all: np.ndarray, start: np.ndarray, k_all: np.ndarray) -> None:
         waits = start[k_all == JOB_PING] - t_all[k_all == JOB_PING]
