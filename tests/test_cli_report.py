@@ -269,5 +269,5 @@ def test_a_live_scrape_records_the_settings_of_the_declared_profile(tmp_path):
         run = read_run(scrape_live(srv.url, 1.5, tmp_path / "runs", "optimized", interval_s=0.3))
     assert run.manifest.status == "complete" and run.manifest.profile == "optimized"
     assert run.manifest.server is not None and run.manifest.server.toggles["batching"]
-    assert set(settings_of(run)) == set(SETTINGS_USED)
+    assert set(SETTINGS_USED) <= set(settings_of(run))
     assert ((run.events["kind"] == "sample") & (run.events["name"] == "events_in")).sum() >= 2
