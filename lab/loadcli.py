@@ -40,6 +40,10 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rooms", type=int, default=0, help="sub-rooms each connection joins")
     p.add_argument("--chat-to", choices=["company", "room"], default="company")
     p.add_argument("--churn", type=float, default=0.0, help="planned reconnects per second")
+    p.add_argument("--churn-away", type=float, default=0.0, help="seconds a churned client stays away (default 0)")
+    p.add_argument(
+        "--recover", action="store_true", help="clients ask for missed-message recovery (optimized profile replays)"
+    )
     p.add_argument("--ack-timeout", type=float, default=5.0, help="seconds before an ack counts as an error")
     p.add_argument("--workers", type=int, default=1, help="generator processes")
     p.add_argument("--source-addrs", default="127.0.0.1", help="comma-separated 127.x source addresses")
@@ -114,6 +118,8 @@ def spec_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         "rooms_per_connection": args.rooms,
         "chat_to": args.chat_to,
         "churn_per_s": args.churn,
+        "churn_away_s": args.churn_away,
+        "recover": args.recover,
         "ack_timeout_s": args.ack_timeout,
         "workers": args.workers,
         "source_addrs": [a.strip() for a in args.source_addrs.split(",") if a.strip()],

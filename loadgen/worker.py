@@ -154,7 +154,7 @@ class Worker:
         vc.planned_close = False
         rooms = [f"room{(vc.id + r) % 8}" for r in range(self.spec.rooms_per_connection)]
         auth: dict = {"token": vc.token}
-        if self.spec.recover:  # the rooms are joined by the connect itself, so a reconnect can resume them
+        if self.spec.recover:  # the rooms are joined by the connect too, so that a reconnect can resume them
             auth["recover"] = {"rooms": rooms, "since": {r: list(p) for r, p in vc.positions.items()}}
             vc.replaying = {}
         try:
@@ -180,10 +180,9 @@ class Worker:
         now = w.now()
         w.row("connect_ok", now, conn=vc.id, latency_s=now - t_int)
         vc.conn, vc.up = conn, True
-        for room in rooms:
+        for room in rooms:  # joined by events as well: a server without recovery ignores the request
             vc.room = room
-            if not self.spec.recover:
-                await self.send(vc, "join", room, now)
+            await self.send(vc, "join", room, now)
         # one schedule per virtual client: a reconnect starts a new one and retires the old entry,
         # which would otherwise stay in the heap and double this client's rate after every churn
         vc.epoch += 1

@@ -24,8 +24,12 @@ def node(tmp_path_factory):
     srv.stop()
 
 
-def churn_run(url: str, users: list[dict], out, recover: bool):
+def churn_run(url: str, users: list[dict], out, recover: bool, chat_to: str = "company"):
+    # chat_to room: every client is in all 8 sub-rooms of its company and chats in one of them, so
+    # the company's clients get each chat, as with chat_to company, through resumed sub-rooms
+    rooms = {"rooms_per_connection": 8, "chat_to": "room"} if chat_to == "room" else {}
     spec = LoadSpec(
+        **rooms,
         url=url,
         steps=[{"connections": COMPANIES * USERS, "hold_s": 4}],
         events_per_second=60,
@@ -55,9 +59,10 @@ def intended(rows) -> np.ndarray:
     return np.sort((rows["t"] - rows["latency_s"]).to_numpy())
 
 
-def test_churn_with_recover_replays_what_was_missed_once(node, tmp_path):
+@pytest.mark.parametrize("chat_to", ["company", "room"])
+def test_churn_with_recover_replays_what_was_missed_once(node, tmp_path, chat_to):
     srv, users = node
-    run = churn_run(srv.url, users, tmp_path / "runs", recover=True)
+    run = churn_run(srv.url, users, tmp_path / "runs", recover=True, chat_to=chat_to)
     df = run.events
     kinds = df["kind"].astype(str)
     assert not kinds.isin(["reject", "timeout", "connect_fail", "recovery_fail"]).any(), kinds.value_counts()

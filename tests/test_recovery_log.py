@@ -4,15 +4,18 @@ projections count the new kinds apart from pushes and errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from eventlog import SCHEMA, benchmark_row, create_run, finish_run, read_run, step_table
 from eventlog.schema import SCHEMA_VERSION
 from model.workload import Workload
 
+ROOT = Path(__file__).parent.parent
 V1_KINDS = [
     "connect_start",
     "connect_ok",
@@ -89,3 +92,53 @@ def test_recovered_rows_are_counted_apart_from_pushes_and_errors(tmp_path):
     steps = step_table(run.events)
     assert steps["recovered"].tolist() == [10] and steps["recovery_failures"].tolist() == [1]
     assert steps["error_rate"].tolist() == [0.0]
+
+
+# -- where a user sets it: caplab load flags and scenario files ------------------------------------
+
+
+def test_caplab_load_flags_set_recover_and_time_away():
+    from lab.cli import build_parser
+    from lab.errors import UsageError
+    from lab.loadcli import spec_from_args
+
+    parse = build_parser().parse_args
+    base = ["load", "--tokens", "t.jsonl", "--url", "http://127.0.0.1:1"]
+    spec = spec_from_args(parse([*base, "--churn", "2", "--churn-away", "0.5", "--recover"]), env={})
+    assert (spec.recover, spec.churn_away_s, spec.churn_per_s) == (True, 0.5, 2.0)
+    spec = spec_from_args(parse(base), env={})
+    assert (spec.recover, spec.churn_away_s) == (False, 0.0)  # off unless asked: old command lines unchanged
+    with pytest.raises(UsageError, match=r"^churn_away_s: Input should be greater than or equal to 0$"):
+        spec_from_args(parse([*base, "--churn-away", "-1"]), env={})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("recover", "maybe", "workload.recover: Input should be a valid boolean (got 'maybe')"),
+        ("recover", 1, "workload.recover: Input should be a valid boolean (got 1)"),
+        ("churn_away_s", -0.5, "workload.churn_away_s: Input should be greater than or equal to 0 (got -0.5)"),
+    ],
+)
+def test_a_bad_recover_field_in_a_scenario_is_a_one_line_error(tmp_path, field, value, message):
+    from lab.scenario import ScenarioError, load_scenario
+
+    data = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    data["workload"] |= {"churn_per_s": 2, field: value}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ScenarioError) as err:
+        load_scenario(path)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{path}:") and text.endswith(message), text
+
+
+def test_a_scenario_workload_with_recover_validates(tmp_path):
+    from lab.scenario import load_scenario
+
+    data = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
+    data["workload"] |= {"churn_per_s": 2, "churn_away_s": 1.5, "recover": True}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    wl = load_scenario(path).workload
+    assert (wl.recover, wl.churn_away_s) == (True, 1.5)
