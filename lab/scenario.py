@@ -187,7 +187,7 @@ class Scenario(Strict):
             raise ValueError(f"kind '{self.kind}' needs simulate.calibration (a file written by caplab calibrate)")
         if self.kind in ("simulate", "sweep") and self.workload is None:
             raise ValueError(f"kind '{self.kind}' needs 'workload' (the load the model is driven with)")
-        if self.kind == "sweep":
+        if self.kind == "sweep" and self.simulate is not None:
             ignored = sorted({"connections", "events_per_connection"} & self.simulate.model_fields_set)
             if ignored:
                 raise ValueError(
