@@ -167,7 +167,7 @@ class Scenario(Strict):
     report: bool = True
 
     @model_validator(mode="after")
-    def _kind_needs(self):
+    def _kind_needs(self) -> Scenario:
         needs = {
             "measure": ("servers", "workload"),
             "compare": ("servers", "workload", "simulate"),

@@ -134,5 +134,5 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start() if self.proc is None else self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

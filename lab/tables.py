@@ -25,7 +25,7 @@ ROW_FIELDS = (
 )
 
 
-def fmt(value, pattern: str = "{:.4g}") -> str:
+def fmt(value: object, pattern: str = "{:.4g}") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, bool):

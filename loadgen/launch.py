@@ -20,10 +20,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, TypeVar
 
 from eventlog import create_run, finish_run
 from eventlog.manifest import add_writers
@@ -31,6 +31,7 @@ from eventlog.manifest import add_writers
 from .spec import LoadSpec
 from .worker import Worker
 
+T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # An aborting worker stops sending, flushes its rows and exits in well under a second; one that has
 # not exited this long after being told to is killed (it loses at most its last second of rows).
@@ -137,7 +138,7 @@ def read_tokens(path: Path | str) -> list[str]:
 class ProgressLine:
     """Prints one line a second or so: connections, rates, p95, errors, generator CPU."""
 
-    def __init__(self, workers: int, stream=sys.stderr, every_s: float = 2.0) -> None:
+    def __init__(self, workers: int, stream: TextIO = sys.stderr, every_s: float = 2.0) -> None:
         self.latest: dict[int, dict] = {}
         self.workers = workers
         self.stream = stream
@@ -165,7 +166,7 @@ class ProgressLine:
         )
 
 
-def run_fast(coro):
+def run_fast(coro: Coroutine[Any, Any, T]) -> T:
     """Run the generator on uvloop with the collector tuned: its pauses would show up as send lag.
 
     Objects alive at start-up are frozen out of the collector's scans and gen-0 runs 70x less
@@ -211,7 +212,9 @@ def die_with_parent(parent_pid: int, on_orphan: Callable[[], None]) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _worker_entry(spec_json: str, run_dir: str, t0: float, wid: int, tokens: list[str], queue, parent_pid: int) -> None:
+def _worker_entry(
+    spec_json: str, run_dir: str, t0: float, wid: int, tokens: list[str], queue: Any, parent_pid: int
+) -> None:
     spec = LoadSpec.model_validate_json(spec_json)
     worker = Worker(spec, run_dir, t0, wid, tokens, progress=queue.put)
     for sig in STOP_SIGNALS:

@@ -26,7 +26,7 @@ class LoadSpec(Load):
 
     @field_validator("url", "scrape", "nodes")
     @classmethod
-    def _loopback_only(cls, value):
+    def _loopback_only(cls, value: str | list[str]) -> str | list[str]:
         for url in [value] if isinstance(value, str) else value:
             host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
             if not (host.startswith("127.") or host in ("localhost", "::1")):
@@ -35,7 +35,7 @@ class LoadSpec(Load):
 
     @field_validator("source_addrs")
     @classmethod
-    def _loopback_sources(cls, value):
+    def _loopback_sources(cls, value: list[str]) -> list[str]:
         if not value or any(not a.startswith("127.") for a in value):
             raise ValueError("source addresses must be in 127.0.0.0/8")
         return value

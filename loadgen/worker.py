@@ -13,7 +13,7 @@ import os
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -103,6 +103,7 @@ class Worker:
             acc += w / total
             self.mix.append((acc, name))
         self.pad = "x" * spec.payload_bytes
+        self.recover = spec.recover  # read per delivery: a plain attribute
         self.sending = False
         self.progress = progress
         self.connecting: set[asyncio.Task] = set()
@@ -222,7 +223,7 @@ class Worker:
 
     def on_event(self, vc: VConn, name: str, args: list) -> None:
         kind = "push"
-        if self.spec.recover:
+        if self.recover:
             if name == "recovery":
                 self.on_recovery(vc, args)
                 return
@@ -287,7 +288,7 @@ class Worker:
         )
         self.counts["send"] += 1
 
-    async def finish_send(self, vc: VConn, ack_id: int, name: str, sending) -> bool:
+    async def finish_send(self, vc: VConn, ack_id: int, name: str, sending: Awaitable[None]) -> bool:
         try:
             await sending
         except (ConnectionError, aiohttp.ClientError, RuntimeError):
