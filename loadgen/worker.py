@@ -103,6 +103,7 @@ class Worker:
             acc += w / total
             self.mix.append((acc, name))
         self.pad = "x" * spec.payload_bytes
+        self.recover = spec.recover  # read per delivery: a plain attribute
         self.sending = False
         self.progress = progress
         self.connecting: set[asyncio.Task] = set()
@@ -222,7 +223,7 @@ class Worker:
 
     def on_event(self, vc: VConn, name: str, args: list) -> None:
         kind = "push"
-        if self.spec.recover:
+        if self.recover:
             if name == "recovery":
                 self.on_recovery(vc, args)
                 return
