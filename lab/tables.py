@@ -43,6 +43,10 @@ def format_row(row: Mapping[str, Any]) -> str:
         if key == "max_stable_connections" and row.get("max_stable_is_lower_bound"):
             value = ">= " + value
         lines.append(f"  {label:<16} {value}")
+    if row.get("recovered") or row.get("recovery_failures"):  # runs with recover: replays apart from pushes
+        lines.append(
+            f"  {'recovered':<16} {row.get('recovered', 0)} (rooms not recovered: {row.get('recovery_failures', 0)})"
+        )
     if not row.get("generator_ok", True):
         lines.append("  WARNING: the load generator fell behind (CPU >= 90 % or send lag p99 >= 50 ms)")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import yaml
 
 from eventlog import SCHEMA, benchmark_row, create_run, finish_run, read_run, step_table
 from eventlog.schema import SCHEMA_VERSION
+from lab.tables import format_row
 from model.workload import Workload
 
 ROOT = Path(__file__).parent.parent
@@ -75,6 +76,7 @@ def test_a_version_1_run_still_reads(tmp_path):
     row = benchmark_row(run.events, run.manifest)
     assert (row["pushes"], row["acks"], row["recovered"], row["recovery_failures"]) == (40, 40, 0, 0)
     assert step_table(run.events)["recovered"].tolist() == [0]
+    assert "recovered" not in format_row(row)  # the terminal row reads as before
     wl = Workload.from_manifest(run.manifest)
     assert wl.recover is False and wl.churn_away_s == 0.0
 
@@ -88,6 +90,7 @@ def test_recovered_rows_are_counted_apart_from_pushes_and_errors(tmp_path):
     run = read_run(run_dir)
     row = benchmark_row(run.events, run.manifest)
     assert (row["pushes"], row["recovered"], row["recovery_failures"], row["errors"]) == (40, 10, 1, 0)
+    assert "  recovered        10 (rooms not recovered: 1)" in format_row(row).splitlines()
     assert row["push_p95_ms"] == pytest.approx(20.0)  # the 0.5 s replays stay out of push latency
     steps = step_table(run.events)
     assert steps["recovered"].tolist() == [10] and steps["recovery_failures"].tolist() == [1]
