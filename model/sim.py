@@ -165,6 +165,9 @@ class Simulation:
         self.p_chat = mix.get("chat", 0.0) / total
         # recovery: a client that reconnects is replayed the chats of its company it missed
         self.recovering = wl.recover and cal.recovery_max_events > 0
+        # a replayed delivery goes out as a packet of its own (it is encoded already, when buffered):
+        # a delivery's cost plus, where batching made packets a cost of their own, a packet's
+        self.replay_s = cal.cpu_per_delivery_s + (cal.cpu_per_packet_s if cal.batching else 0.0)
         self.chats = [Times() for _ in range(int(self.company.max()) + 1)] if self.recovering else []
         self.away: dict[int, int] = {}  # churned client -> chats of its company before it left
         self.replays: dict[int, np.ndarray | str] = {}  # reconnecting client -> send times replayed, or why not
@@ -325,7 +328,7 @@ class Simulation:
             jobs_t.append(np.array([t for t, _ in mine]))
             svc = self.service(cal.cpu_per_connect_s, len(mine))
             if self.recovering:  # a reconnect costs its replay, one delivery each (no extra draw: same streams)
-                svc = svc + np.array([self.replay(t, c) for t, c in mine]) * cal.cpu_per_delivery_s
+                svc = svc + np.array([self.replay(t, c) for t, c in mine]) * self.replay_s
             jobs_s.append(svc)
             jobs_k.append(np.full(len(mine), JOB_CONNECT))
             jobs_i.append(np.array([c for _, c in mine]))
@@ -486,7 +489,7 @@ class Simulation:
             cid, t = int(i_all[j]), float(t_all[j])
             replay = self.replays.pop(cid, None)
             replayed = replay if isinstance(replay, np.ndarray) else np.empty(0)
-            ok = done[j] - replayed.size * cal.cpu_per_delivery_s + base  # the connect, then its replay
+            ok = done[j] - replayed.size * self.replay_s + base  # the connect, then its replay
             rows.add(K["connect_start"], t, conn=cid)
             if cal.conn_limits:
                 refused = None
@@ -504,7 +507,7 @@ class Simulation:
             if isinstance(replay, str):
                 rows.add(K["recovery_fail"], ok, conn=cid, name=NAME[replay])
             elif replayed.size:
-                when = ok + (np.arange(replayed.size) + 1) * cal.cpu_per_delivery_s
+                when = ok + (np.arange(replayed.size) + 1) * self.replay_s
                 rows.add(K["recovered"], when, conn=cid, name=NAME["chat"], latency=when - replayed)
 
     def emit_pings(self, n: int, t_all: np.ndarray, start: np.ndarray, k_all: np.ndarray) -> None:

@@ -14,6 +14,7 @@ from model.sim import SLICE_S
 from .test_contract import REFERENCE_RUNS
 
 CPD = 0.0002  # seconds of loop per delivery
+CPP = 0.0001  # per outbound packet (a cost of its own only with batching)
 CHAT_RATE = 40 * 0.5 / 2  # chats per second per company
 
 
@@ -21,6 +22,7 @@ def cal(**kw) -> Calibration:
     base = {
         "cpu_per_event_s": 0.0005,
         "cpu_per_delivery_s": CPD,
+        "cpu_per_packet_s": CPP,
         "cpu_per_connect_s": 0.001,
         "heartbeat_s": 1e9,
         "recovery_window_s": 120.0,
@@ -47,25 +49,28 @@ def last_cpu(df) -> float:
     return float(s["value"].iloc[-1])
 
 
-def test_a_recovering_reconnect_costs_its_replay(tmp_path):
-    run = read_run(simulate(cal(), workload(True), tmp_path, seed=3))
-    on, off = run.events, read_run(simulate(cal(), workload(False), tmp_path, seed=3)).events
+@pytest.mark.parametrize("batching", [False, True])
+def test_a_recovering_reconnect_costs_its_replay(tmp_path, batching):
+    c = cal(batching=batching)  # batching: 0.1 s slices, and a replayed delivery is a packet of its own
+    dt, per_replay = (c.flush_interval_s, CPD + CPP) if batching else (SLICE_S, CPD)
+    run = read_run(simulate(c, workload(True), tmp_path, seed=3))
+    on, off = run.events, read_run(simulate(c, workload(False), tmp_path, seed=3)).events
     k_on, k_off = on["kind"].astype(str), off["kind"].astype(str)
     reconnects = int((k_on == "connect_ok").sum()) - 40
     assert reconnects == int((k_off == "connect_ok").sum()) - 40 >= 25  # the same churn in both
     replayed = int((k_on == "recovered").sum())
     assert not (k_off == "recovered").any() and not k_on.isin(["recovery_fail"]).any()
     # the replay is the only extra work: exactly its deliveries' cost (the loop is idle at the sample)
-    assert last_cpu(on) - last_cpu(off) == pytest.approx(replayed * CPD, rel=1e-9)
+    assert last_cpu(on) - last_cpu(off) == pytest.approx(replayed * per_replay, rel=1e-9)
     # and what was replayed is what a client misses of its company's chats: from the start of the
     # slice it left in (half a slice before it left, on average) until it is back
-    away = workload(True).churn_away_s + SLICE_S / 2
+    away = workload(True).churn_away_s + dt / 2
     # while it is away it sends nothing itself, nor do the others away (2 reconnects/s, half in its company)
     live_share = (20 - 1 - 2 * away / 2) / 20
     expected = reconnects * CHAT_RATE * away * live_share
     assert replayed == pytest.approx(expected, rel=0.2)
     rec = on[k_on == "recovered"]
-    assert (rec["latency_s"] > 0).all() and (rec["latency_s"] < away + SLICE_S).all()
+    assert (rec["latency_s"] > 0).all() and (rec["latency_s"] < away + dt).all()
     row = benchmark_row(on, run.manifest)
     assert row["recovered"] == replayed and row["pushes"] == int((k_on == "push").sum())
 
