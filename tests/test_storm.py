@@ -1,7 +1,8 @@
 """Connect storm (issue 13, finding 7): other tenants' echo p95 before and during a storm from one IP.
 
 The server is pinned to core 0; the storm process and the measuring clients to core 1, so the
-storm competes with the other tenants only inside the server. Marked ``load``.
+storm competes with the other tenants only inside the server; the storm runs at nice 19, so its own
+CPU does not delay the measuring clients beside it. Marked ``load``.
 """
 
 from __future__ import annotations
@@ -99,5 +100,5 @@ async def test_connect_storm_leaves_other_tenants_served(tmp_path):
     assert refused > 0.5 * tried, optimized  # the limits refuse the storm
     assert optimized["p95_during_ms"] < baseline["p95_during_ms"] / 5, (optimized, baseline)  # and it helps
     if optimized["p95_during_ms"] > 1.2 * optimized["p95_before_ms"]:
-        # issue 13's target; each refusal still costs an accept, an HTTP parse and a 429 in Python
+        # issue 13's target, met on a quiet machine (README); other work on the machine inflates it
         pytest.xfail(f"others' p95 rose {optimized['ratio']}x during the storm (target: within 1.2x); see README")
