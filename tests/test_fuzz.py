@@ -30,6 +30,8 @@ SETS = {
     "max_per_company": 10_000,
     "connect_rate_per_ip": 1e6,
     "connect_burst_per_ip": 1e6,
+    "accept_rate_per_ip": 1e6,  # the fuzzer reconnects from one address after every close
+    "accept_burst_per_ip": 1e6,
     "metrics_interval_ms": 1000,
     "max_payload_bytes": 100_000,
 }
