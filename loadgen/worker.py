@@ -230,13 +230,15 @@ class Worker:
             seq = args[-1].get("_seq") if args and isinstance(args[-1], dict) else None
             if isinstance(seq, list) and len(seq) == 3:
                 room, epoch, n = seq
+                replay = vc.replaying.get(room, 0) > 0  # the report said how many replays come first
+                if replay:
+                    vc.replaying[room] -= 1
                 last = vc.positions.get(room)
                 if last is not None and last[0] == epoch and n <= last[1]:
                     self.counts["duplicate"] += 1  # seen already (live or replayed): never counted twice
                     return
                 vc.positions[room] = (epoch, n)
-                if vc.replaying.get(room, 0) > 0:
-                    vc.replaying[room] -= 1
+                if replay:
                     kind = "recovered"
         if name != "chat" or not args or not isinstance(args[0], dict):
             return

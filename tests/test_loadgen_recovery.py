@@ -84,8 +84,9 @@ def test_churn_with_recover_replays_what_was_missed_once(node, tmp_path, chat_to
     recovered = int((kinds == "recovered").sum())
     assert missed_total > 20 and recovered > 0
     rec = df[kinds == "recovered"]
+    sends = df[(kinds == "send") & (df["name"] == "chat")]  # acked or not (a sender's close may lose the ack)
     for conn, g in rec.groupby("conn"):  # each replay is a chat of the client's company
-        sent = np.sort(chats[chats["company"] == company[conn]]["sent"].to_numpy())
+        sent = np.sort(sends[sends["conn"].map(company) == company[conn]]["t"].to_numpy())
         for s in intended(g):
             i = np.searchsorted(sent, s)
             near = [abs(sent[j] - s) for j in (i - 1, i) if 0 <= j < len(sent)]
@@ -111,3 +112,31 @@ def test_churn_without_recover_logs_no_replays(node, tmp_path):
     assert not kinds.isin(["recovered", "recovery_fail"]).any()
     row = benchmark_row(run.events, run.manifest)
     assert row["recovered"] == 0 and row["recovery_failures"] == 0
+
+
+def test_a_delivery_seen_before_is_not_counted_again(tmp_path):
+    """The worker's bookkeeping fed the frames a recovering client gets: the report, replays, then a
+    live delivery of a number already replayed (a duplicate), which must not count twice."""
+    import time
+
+    from eventlog.reader import read_events
+    from loadgen.worker import VConn, Worker
+
+    spec = LoadSpec(url="http://127.0.0.1:1", steps=[{"connections": 1, "hold_s": 1}], recover=True)
+    worker = Worker(spec, tmp_path, time.monotonic(), 0, ["token"])
+    vc = VConn(0, "token", 0)
+    vc.positions = {"c:1": ("e1", 4), "r:1:room0": ("e1", 9)}
+
+    def chat(room: str, n: int, epoch: str = "e1") -> list:
+        return [{"from": {}, "data": {"t": 0.0, "p": ""}}, {"_seq": [room, epoch, n]}]
+
+    report = {"rooms": {"c:1": {"ok": True, "replayed": 2}, "r:1:room0": {"ok": False, "reason": "overrun"}}}
+    worker.on_event(vc, "recovery", [report | {"positions": {"r:1:room0": ["e1", 30]}}])
+    for args in (chat("c:1", 5), chat("c:1", 6), chat("c:1", 6), chat("c:1", 7), chat("r:1:room0", 30)):
+        worker.on_event(vc, "chat", args)
+    worker.on_event(vc, "chat", chat("r:1:room0", 31))
+    worker.writer.close()
+    kinds = read_events(tmp_path)["kind"].astype(str).tolist()
+    assert kinds == ["recovery_fail", "recovered", "recovered", "push", "push"]
+    assert worker.counts["duplicate"] == 2  # 6 again, and 30 (the position the failed room resumes from)
+    assert vc.positions == {"c:1": ("e1", 7), "r:1:room0": ("e1", 31)}
