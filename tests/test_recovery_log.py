@@ -137,6 +137,7 @@ def test_a_bad_recover_field_in_a_scenario_is_a_one_line_error(tmp_path, field, 
 
 
 def test_a_scenario_workload_with_recover_validates(tmp_path):
+    from lab.measure import load_spec
     from lab.scenario import load_scenario
 
     data = yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())
@@ -145,3 +146,5 @@ def test_a_scenario_workload_with_recover_validates(tmp_path):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     wl = load_scenario(path).workload
     assert (wl.recover, wl.churn_away_s) == (True, 1.5)
+    spec = load_spec(wl, ["http://127.0.0.1:1"])  # what caplab run measures with
+    assert (spec.recover, spec.churn_away_s) == (True, 1.5)
