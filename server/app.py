@@ -18,6 +18,7 @@ from . import http
 from .alerts import SlackAlerts, readings
 from .auth import Authenticator
 from .batching import Batcher
+from .compat import namespace_rooms, pending_binary
 from .db import Database
 from .events import Handlers, SocketState
 from .fanout import LabManager, LabRedisManager
@@ -62,7 +63,7 @@ class SioServer(socketio.AsyncServer):
         state = lab.state_of(eio_sid)
         if state is not None and state.bucket is not None and not state.bucket.take(time.monotonic()):
             return await self._rate_limited(eio_sid, state, data)
-        binary = self._binary_packet.get(eio_sid)
+        binary = pending_binary(self).get(eio_sid)
         if binary is not None:
             return await self._attachment(eio_sid, binary, data)
         if not isinstance(data, str):
@@ -100,7 +101,7 @@ class SioServer(socketio.AsyncServer):
             if not pkt.attachment_count:  # nothing to wait for: python-socketio would hold it forever
                 raise PacketRejected("malformed_packet", "binary packet announcing no attachment", close=True)
             pkt.pending_bytes = 0
-            self._binary_packet[eio_sid] = pkt
+            pending_binary(self)[eio_sid] = pkt
         else:
             raise PacketRejected("malformed_packet", f"packet type {kind!r} is not sent by clients", close=True)
 
@@ -113,7 +114,7 @@ class SioServer(socketio.AsyncServer):
                 "attachment_bytes", f"attachments over {self.max_attachment_bytes} bytes in one packet", close=True
             )
         if pkt.add_attachment(data):
-            del self._binary_packet[eio_sid]
+            del pending_binary(self)[eio_sid]
             if pkt.packet_type == sio_packet.BINARY_EVENT:
                 await self._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
             else:
@@ -149,7 +150,7 @@ class SioServer(socketio.AsyncServer):
                 return
             if pkt.id is not None:
                 await self._send_packet(eio_sid, self.packet_class(sio_packet.ACK, [reply], pkt.namespace, pkt.id))
-        elif self._binary_packet.pop(eio_sid, None) is not None:
+        elif pending_binary(self).pop(eio_sid, None) is not None:
             pass  # the rest of that binary packet is dropped with it
 
     async def _handle_connect(self, eio_sid, namespace, data):
@@ -334,7 +335,7 @@ class LabServer:
         log.warning("refused packet from %s: %s: %s", eio_sid, exc.kind, exc.detail)
         pkt = getattr(exc, "packet", None)
         if exc.close:
-            self.sio._binary_packet.pop(eio_sid, None)
+            pending_binary(self.sio).pop(eio_sid, None)
             self.drop_eio(eio_sid, "protocol_error")
         elif pkt is not None and pkt.id is not None and pkt.packet_type in EVENT_TYPES:
             reply = {"error": exc.kind, "detail": exc.detail}
@@ -409,7 +410,7 @@ class LabServer:
 
     def room_count(self) -> int:
         """Application rooms (company, user, sub-rooms), not python-socketio's per-sid rooms."""
-        return sum(1 for name in self.sio.manager.rooms.get("/", {}) if isinstance(name, str) and name[1:2] == ":")
+        return sum(1 for name in namespace_rooms(self.sio.manager) if isinstance(name, str) and name[1:2] == ":")
 
     async def _cleanup_loop(self) -> None:
         while True:
@@ -422,7 +423,7 @@ class LabServer:
         stale = [sid for sid, st in self.sockets.items() if not st.connected]
         for sid in stale:
             del self.sockets[sid]
-        rooms = self.sio.manager.rooms.get("/", {})
+        rooms = namespace_rooms(self.sio.manager)
         empty = [name for name, members in rooms.items() if not members]
         for name in empty:
             del rooms[name]

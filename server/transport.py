@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from engineio import exceptions, packet
 from engineio.async_socket import AsyncSocket
 
+from . import compat
+
 if TYPE_CHECKING:
     from .app import LabServer
 
@@ -99,7 +101,7 @@ class GuardedSocket(AsyncSocket):
     @classmethod
     def adopt(cls, sock: AsyncSocket, lab: LabServer) -> None:
         """Turn engine.io's new socket into this class (before its transport starts)."""
-        sock.__class__ = cls
+        compat.adopt(sock, cls)
         sock.lab = lab
         s = lab.settings
         if s.toggles.conn_limits:

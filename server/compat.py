@@ -1,0 +1,63 @@
+"""Every place the server relies on python-socketio / python-engineio internals, named in one module.
+
+The server subclasses ``socketio.AsyncServer``, engine.io's ``AsyncSocket`` and the Redis manager and
+overrides some of their private methods (:data:`OVERRIDES`), calls others (:data:`CALLS`), reads
+private state (:func:`pending_binary`, :func:`namespace_rooms`) and turns engine.io's new sockets
+into its own class (:func:`adopt`). ``tests/test_server_compat.py`` checks each of them against the
+installed libraries, so an upgrade that moves one fails that test by name instead of changing the
+server's behaviour silently. The versions it was tested with (:data:`TESTED`) are pinned in
+``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+from engineio.async_socket import AsyncSocket
+
+# package -> the minor version every hook below was checked against (pinned in pyproject.toml)
+TESTED = {"python-socketio": "5.18", "python-engineio": "4.15"}
+
+Hook = tuple[type, str, tuple[str, ...]]  # (library class, private method, its parameters after self)
+
+# private methods the server's subclasses override (server/app.py, server/transport.py, server/fanout.py)
+OVERRIDES: tuple[Hook, ...] = (
+    (socketio.AsyncServer, "_handle_eio_message", ("eio_sid", "data")),
+    (socketio.AsyncServer, "_handle_connect", ("eio_sid", "namespace", "data")),
+    (socketio.AsyncServer, "_handle_eio_connect", ("eio_sid", "environ")),
+    (socketio.AsyncServer, "_handle_eio_disconnect", ("eio_sid", "reason")),
+    (socketio.AsyncServer, "_handle_event_internal", ("server", "sid", "eio_sid", "data", "namespace", "id")),
+    (AsyncSocket, "_websocket_handler", ("ws",)),
+    (socketio.AsyncRedisManager, "_redis_connect", ()),
+    (socketio.AsyncRedisManager, "_handle_emit", ("message",)),
+    (socketio.AsyncRedisManager, "_publish", ("data",)),
+    (socketio.AsyncRedisManager, "_listen", ()),
+)
+
+# private methods the server calls without overriding them
+CALLS: tuple[Hook, ...] = (
+    (socketio.AsyncServer, "_send_packet", ("eio_sid", "pkt")),
+    (socketio.AsyncServer, "_handle_event", ("eio_sid", "namespace", "id", "data")),
+    (socketio.AsyncServer, "_handle_ack", ("eio_sid", "namespace", "id", "data")),
+    (socketio.AsyncServer, "_handle_disconnect", ("eio_sid", "namespace", "reason")),
+    (socketio.AsyncRedisManager, "_get_redis_module", ()),
+)
+
+
+def pending_binary(sio: socketio.AsyncServer) -> dict[str, Any]:
+    """Binary packets still waiting for attachments, by Engine.IO sid (python-socketio's
+    ``_binary_packet``: the server assembles attachments itself, and drops a refused client's)."""
+    return sio._binary_packet  # type: ignore[attr-defined,no-any-return]
+
+
+def namespace_rooms(manager: socketio.AsyncManager, namespace: str = "/") -> dict[Any, dict[str, str]]:
+    """room -> {sid: eio sid} of one namespace (the manager's ``rooms`` table; deleting an empty
+    room's entry is how python-socketio itself removes it)."""
+    return manager.rooms.get(namespace, {})  # type: ignore[no-any-return]
+
+
+def adopt(sock: AsyncSocket, cls: type[AsyncSocket]) -> None:
+    """Turn engine.io's just-created socket into ``cls``, a subclass that adds methods and no slots
+    (engine.io creates its sockets itself and offers no factory)."""
+    sock.__class__ = cls
