@@ -12,6 +12,7 @@ import faulthandler
 import json
 import signal
 import sys
+from collections.abc import Callable
 
 from .settings import PROFILES, SettingsError, build_settings, parse_overrides
 
@@ -68,11 +69,13 @@ async def serve(settings) -> None:
     runner = web.AppRunner(lab.app, handle_signals=False, access_log=None, shutdown_timeout=3.0)
     await runner.setup()
     loop = asyncio.get_running_loop()
-    factory = runner.server
+    server = runner.server
+    assert server is not None  # set by setup()
+    factory: Callable[[], asyncio.BaseProtocol] = server
     if settings.toggles.conn_limits:  # a per-IP accept rate before aiohttp reads a byte
         refusals = lab.metrics.refusals
         factory = AcceptGate(
-            runner.server,
+            server,
             settings.accept_rate_per_ip,
             settings.accept_burst_per_ip,
             lab.connect_rate.refusal,

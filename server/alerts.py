@@ -181,6 +181,8 @@ class SlackAlerts:
                 await self._post(session, body)
 
     async def _post(self, session: aiohttp.ClientSession, body: dict) -> None:
+        if self.url is None:  # no webhook configured: nothing is queued either
+            return
         for attempt in range(self.retries + 1):
             if attempt:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))

@@ -48,13 +48,13 @@ CALLS: tuple[Hook, ...] = (
 def pending_binary(sio: socketio.AsyncServer) -> dict[str, Any]:
     """Binary packets still waiting for attachments, by Engine.IO sid (python-socketio's
     ``_binary_packet``: the server assembles attachments itself, and drops a refused client's)."""
-    return sio._binary_packet  # type: ignore[attr-defined,no-any-return]
+    return sio._binary_packet
 
 
 def namespace_rooms(manager: socketio.AsyncManager, namespace: str = "/") -> dict[Any, dict[str, str]]:
     """room -> {sid: eio sid} of one namespace (the manager's ``rooms`` table; deleting an empty
     room's entry is how python-socketio itself removes it)."""
-    return manager.rooms.get(namespace, {})  # type: ignore[no-any-return]
+    return manager.rooms.get(namespace, {})
 
 
 def adopt(sock: AsyncSocket, cls: type[AsyncSocket]) -> None:

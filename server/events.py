@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import socketio
 
@@ -75,7 +75,11 @@ class SocketState:
     kicked: bool = False  # disconnected for flooding; events still in flight are dropped
 
 
-def room_name(state: SocketState, arg: object) -> str:
+class HasCompany(Protocol):
+    company: int
+
+
+def room_name(state: HasCompany, arg: object) -> str:
     """Validate a sub-room reference (a name, or ``{"room": name, "company": id}``)."""
     if isinstance(arg, dict):
         company = arg.get("company", state.company)
@@ -218,6 +222,7 @@ class Handlers:
             await lab.sio.enter_room(state.sid, sub_room(state.company, name))
         member_of = {company_room(state.company), user_room(state.company, state.user)}
         member_of.update(sub_room(state.company, name) for name in state.rooms)
+        assert lab.recovery is not None  # only clients of a node with recovery get here
         lab.recovery.resume(eio_sid, member_of, since, joined)
 
     async def on_batch(self, sid: str, entries=None, *rest):
@@ -251,6 +256,7 @@ class Handlers:
         if state.kicked:
             return {"error": "rate_limited", "detail": "disconnected for flooding"}
         lab.metrics.refusals.labels(reason="rate_limited").inc()
+        assert state.bucket is not None  # rate-limited: the rate_limit toggle gave it a bucket
         if state.bucket.strike(s.flood_window_s) >= s.flood_strikes:
             state.kicked = True
             lab.metrics.refusals.labels(reason="flood_disconnect").inc()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import cast
 
 from .limits import TokenBucket
 
@@ -97,7 +98,7 @@ class _Gate(asyncio.Protocol):
         reason = gate.refusal(peer[0]) if peer else None
         if reason is not None:
             gate.on_refuse(reason)
-            transport.abort()
+            cast(asyncio.Transport, transport).abort()
             return
         handler = gate.factory()
         transport.set_protocol(handler)  # from here on the transport talks to aiohttp alone

@@ -46,10 +46,9 @@ class ConnectionLimiter:
 
     def remove(self, company: int, user: int, ip: str) -> None:
         self.total -= 1
-        for counter, key in ((self.by_company, company), (self.by_user, user), (self.by_ip, ip)):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+        _decrement(self.by_company, company)
+        _decrement(self.by_user, user)
+        _decrement(self.by_ip, ip)
 
     def state(self) -> dict:
         return {
@@ -62,6 +61,12 @@ class ConnectionLimiter:
             },
             "by_ip": dict(self.by_ip.most_common(10)),
         }
+
+
+def _decrement(counter: Counter, key: object) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 @dataclass(slots=True)

@@ -42,8 +42,9 @@ import secrets
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .batching import encode_entry
 from .metrics import Metrics
@@ -244,10 +245,12 @@ class Recovery:
             send((eio_sid,), entry)
 
     def forget(self, eio_sid: str | None) -> None:
+        if eio_sid is None:
+            return
         self.sequenced.discard(eio_sid)
         self.holding.pop(eio_sid, None)
 
-    def replay(self, room: str, since: object) -> tuple[dict, list[str]]:
+    def replay(self, room: str, since: Sequence[Any]) -> tuple[dict, list[str]]:
         """What a client that processed ``since`` ([epoch, n]) of ``room`` missed, or why not."""
         self.evict()
         log = self.rooms.get(room)
@@ -271,6 +274,7 @@ class Recovery:
             if (pos := self.position(room)) is not None:
                 positions[room] = pos
         for room, position in since.items():
+            missed: list[str]
             if room not in member_of:
                 result, missed = {"ok": False, "reason": "not_member"}, []
             else:
