@@ -33,16 +33,17 @@ def encode_entry(event: str, args: list) -> str:
     return dumps([event, *args])  # strict: never NaN/Infinity, which no JSON client can parse
 
 
-def batch_packets(entries: list[str], compression_threshold: int) -> list[eio_packet.Packet]:
+def batch_packets(entries: list[str], compression_threshold: int, namespace: str = "/") -> list[eio_packet.Packet]:
     """Engine.IO packets for one batch: a text event, or a binary event plus its attachment."""
     body = "[" + ",".join(entries) + "]"
+    nsp = "" if namespace == "/" else namespace + ","
     if compression_threshold and len(body) > compression_threshold:
-        head = '51-["batch",{"_placeholder":true,"num":0}]'
+        head = "51-" + nsp + '["batch",{"_placeholder":true,"num":0}]'
         return [
             eio_packet.Packet(eio_packet.MESSAGE, head),
             eio_packet.Packet(eio_packet.MESSAGE, zlib.compress(body.encode(), 6)),
         ]
-    return [eio_packet.Packet(eio_packet.MESSAGE, '2["batch",' + body + "]")]
+    return [eio_packet.Packet(eio_packet.MESSAGE, "2" + nsp + '["batch",' + body + "]")]
 
 
 class Batcher:
@@ -56,8 +57,10 @@ class Batcher:
         flush_interval_s: float,
         compression_threshold: int,
         metrics: Metrics,
+        namespace: str = "/",
     ) -> None:
         self.deliver = deliver
+        self.namespace = namespace  # one batcher per namespace: a batch is a packet of one namespace
         self.batch_size = batch_size
         self.batch_max_bytes = batch_max_bytes
         self.flush_interval_s = flush_interval_s
@@ -107,7 +110,7 @@ class Batcher:
             key = tuple(map(id, entries))
             packets = built.get(key)
             if packets is None:
-                packets = built[key] = batch_packets(entries, self.compression_threshold)
+                packets = built[key] = batch_packets(entries, self.compression_threshold, self.namespace)
                 self.metrics.batch_events.observe(len(entries))
             if self.deliver(sid, packets):
                 sent += 1

@@ -51,6 +51,8 @@ class LabManager(socketio.AsyncManager):
     fast_fanout: bool = False
     metrics: Metrics | None = None
     recovery: Recovery | None = None
+    # batchers of namespaces other than "/" (the dashboard's /admin), each with its own flush tick
+    namespace_batchers: dict[str, Batcher] | None = None
 
     def initialize_now(self) -> None:
         """Initialize at server start-up rather than at the first connection (python-socketio's way),
@@ -93,6 +95,12 @@ class LabManager(socketio.AsyncManager):
             self.metrics.events_out.inc(n)
             if self.batcher is None:
                 self.metrics.packets_out.inc(n)
+        if namespace != "/" and callback is None and self.namespace_batchers and namespace in self.namespace_batchers:
+            skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+            recipients = [eio for sid, eio in self.get_participants(namespace, room) if sid not in skip]
+            args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+            self.namespace_batchers[namespace].push(recipients, encode_entry(event, args))
+            return
         use_fast = self.batcher is not None or self.fast_fanout or self.recovery is not None
         if callback is not None or namespace != "/" or not use_fast:
             return await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, **kwargs)
