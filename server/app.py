@@ -135,7 +135,9 @@ class SioServer(socketio.AsyncServer):
         try:
             await self._handle_connect(eio_sid, pkt.namespace, pkt.data)
         finally:
-            connected = self.manager.sid_from_eio_sid(eio_sid, "/") in lab.sockets
+            connected = self.manager.sid_from_eio_sid(eio_sid, "/") in lab.sockets or (
+                pkt.namespace not in (None, "/") and self.manager.sid_from_eio_sid(eio_sid, pkt.namespace) is not None
+            )  # a dashboard on /admin only is connected too
             if waiting is not None and not connected and eio_sid in self.eio.sockets:
                 pending.restore(eio_sid, *waiting)  # refused: still pending, its deadline still runs
 
@@ -221,6 +223,7 @@ class LabServer:
         self.gc_tuning: dict | None = None
         self.started = time.time()
         self.tasks: set[asyncio.Task] = set()
+        self.after_sample: list = []  # called after each metrics tick (the dashboard's push)
         self.alerts = SlackAlerts(
             s.slack_webhook_url, self.metrics.registry, s.alert_cooldown_s, s.alert_timeout_s, s.alert_retries
         )
@@ -407,6 +410,8 @@ class LabServer:
             self.recovery.evict()  # the window runs on in a quiet room too
         if self.memory_status == "critical" and self.settings.toggles.cleanup:
             self.cleanup(collect=True)
+        for hook in self.after_sample:
+            hook()
 
     def room_count(self) -> int:
         """Application rooms (company, user, sub-rooms), not python-socketio's per-sid rooms."""

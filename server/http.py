@@ -114,6 +114,7 @@ def snapshot(lab: LabServer) -> dict:
             "redis_errors": by_label(m.redis_errors),
             "redis_local_only": counter_value(m.redis_local_only),
             "socket_states": len(lab.sockets),
+            "dashboard_clients": sum(x.value for f in m.dashboard_clients.collect() for x in f.samples),
         },
         "redis": lab.sio.manager.link_state(),
         "gc": {"recent": list(lab.gc_monitor.recent)[-128:]},

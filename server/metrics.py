@@ -122,6 +122,9 @@ class Metrics:
         self.recovery_events = Gauge("socketio_recovery_buffer_events", "Deliveries held for replay", registry=r)
         self.recoveries = Counter("socketio_recoveries", "Room recovery requests by result", ["result"], registry=r)
         self.recovery_replayed = Counter("socketio_recovery_replayed", "Deliveries replayed on reconnect", registry=r)
+        self.dashboard_clients = Gauge(
+            "socketio_dashboard_clients", "Live /socket-dashboard clients (namespace /admin)", registry=r
+        )
         self.window = LatencyWindow()
         self.started = time.time()
         self.rate_marks: deque[tuple[float, float]] = deque(maxlen=4)

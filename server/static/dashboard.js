@@ -1,5 +1,10 @@
-// The /socket-dashboard page: polls /socket-metrics every data-interval-ms (SOCKET_METRICS_INTERVAL,
-// the seed's 5 s by default), shows the seed's figures and draws the last minutes as plain SVG.
+// The /socket-dashboard page: shows the seed's figures and draws the last minutes as plain SVG.
+// Live: the server pushes the /socket-metrics snapshot over Socket.IO (namespace /admin, official
+// socket.io-client) every data-interval-ms (SOCKET_METRICS_INTERVAL, the seed's 5 s by default);
+// with batching on the pushes arrive in `batch` frames that SocketBatch.unwrapBatches (client/js/
+// batch.js) turns back into `metrics` events. While the socket is not connected (refused, down,
+// not yet up after FALLBACK_MS) the page polls /socket-metrics at the same interval instead.
+// body data-transport says which fed the last update ("socket" or "polling").
 "use strict";
 
 (function () {
@@ -74,7 +79,7 @@
     svg.dataset.last = pts.length ? String(pts[pts.length - 1][1]) : "";
   }
 
-  function render(m) {
+  function render(m, via) {
     const lat = m.performance.latency;
     const eps = m.performance.throughput.eventsPerSecond;
     const conns = m.connections.total;
@@ -97,22 +102,88 @@
     while (history.length && history[0].t < t - WINDOW_MS) history.shift();
     for (const key of Object.keys(charts)) draw(key);
     $("updated").textContent = new Date(m.node.time * 1000).toLocaleTimeString("en-GB");
+    body.dataset.transport = via;
+    window.caplabDashboard = { last: m }; // what the page shows, for scripts and tests
+    const counter = via === "socket" ? "socketUpdates" : "pollUpdates";
+    body.dataset[counter] = String(Number(body.dataset[counter]) + 1);
+    body.dataset.refreshes = String(Number(body.dataset.refreshes) + 1);
   }
 
+  function setTransport(text, detail) {
+    $("transport").textContent = text;
+    $("transport").title = detail || "";
+  }
+
+  // -- polling: only while the socket is not connected ----------------------------------------
+  let polling = false;
+  let pollTimer = null;
+
   async function refresh() {
+    pollTimer = null;
     try {
       const resp = await fetch("/socket-metrics", { cache: "no-store", credentials: "same-origin" });
       if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
-      render(await resp.json());
+      const m = await resp.json();
+      if (polling) render(m, "polling");
       $("error").textContent = "";
     } catch (err) {
       $("error").textContent = `last refresh failed: ${err.message}`;
     } finally {
-      body.dataset.refreshes = String(Number(body.dataset.refreshes) + 1);
-      setTimeout(refresh, interval);
+      if (polling && pollTimer === null) pollTimer = setTimeout(refresh, interval);
     }
   }
 
+  function startPolling(why, detail) {
+    setTransport(`polling (${why})`, detail);
+    if (polling) return;
+    polling = true;
+    refresh();
+  }
+
+  function stopPolling() {
+    polling = false;
+    if (pollTimer !== null) clearTimeout(pollTimer);
+    pollTimer = null;
+  }
+
+  // -- live: Socket.IO namespace /admin -------------------------------------------------------
+  const FALLBACK_MS = 3000; // no socket by then: poll meanwhile (it stops once the socket connects)
+
+  function live() {
+    if (typeof io !== "function" || typeof SocketBatch !== "object") {
+      startPolling("no Socket.IO client");
+      return;
+    }
+    // the handshake carries the login session (an HttpOnly cookie for /socket.io): no token here
+    const socket = io("/admin", { reconnectionDelayMax: Math.max(1000, interval) });
+    SocketBatch.unwrapBatches(socket, {
+      onError: (err) => {
+        $("error").textContent = `batch: ${err.message}`;
+      },
+    });
+    socket.on("batch", () => {
+      body.dataset.batches = String(Number(body.dataset.batches) + 1);
+    });
+    socket.on("metrics", (m) => {
+      render(m, "socket");
+      $("error").textContent = "";
+    });
+    socket.on("connect", () => {
+      stopPolling();
+      setTransport("live");
+      socket.emit("refresh"); // the first snapshot now, not at the next interval
+    });
+    socket.on("connect_error", (err) => {
+      // refused by the server (socket.active false): it will not retry, poll for good
+      if (socket.active) startPolling("socket reconnecting", err.message);
+      else startPolling("socket refused", err.message);
+    });
+    socket.on("disconnect", () => startPolling("socket down"));
+    setTimeout(() => {
+      if (!socket.connected) startPolling("socket not connected");
+    }, FALLBACK_MS);
+  }
+
   for (const key of Object.keys(charts)) draw(key);
-  refresh();
+  live();
 })();
