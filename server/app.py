@@ -228,7 +228,12 @@ class LabServer:
             s.slack_webhook_url, self.metrics.registry, s.alert_cooldown_s, s.alert_timeout_s, s.alert_retries
         )
 
-        manager = LabRedisManager(s.redis_url, channel=s.redis_channel) if s.redis_url else LabManager()
+        manager: LabManager
+        if s.redis_url:
+            assert s.redis_channel is not None  # Settings derives it from the URL
+            manager = LabRedisManager(s.redis_url, channel=s.redis_channel)
+        else:
+            manager = LabManager()
         manager.metrics = self.metrics
         manager.fast_fanout = t.fast_fanout
         # a packet class of this node's own: the attachment cap is a setting (rate_limit; else engine.io's)
@@ -251,6 +256,7 @@ class LabServer:
         self.sio.max_attachment_bytes = s.max_payload_bytes if t.rate_limit else float("inf")
         if t.inline_handlers:
             self.sio.eio.async_handlers = False
+        self.batcher: Batcher | None
         if t.batching:
             manager.batcher = self.batcher = Batcher(
                 manager.deliver,
@@ -314,6 +320,7 @@ class LabServer:
         # refused here only when sessions still pending fill the limit: a client over it with none
         # pending reaches its CONNECT and is told why there, as every Socket.IO client understands
         pending = self.pending
+        assert pending is not None  # called only with conn_limits, which keeps pending sessions
         if pending.by_ip[ip] and self.limiter.by_ip[ip] + pending.by_ip[ip] >= s.max_per_ip:
             raise LimitExceeded("limit_ip", "ip connection limit reached (sessions awaiting CONNECT)")
         if pending.deadline and self.limiter.total + len(pending.deadline) >= s.max_connections:
@@ -347,10 +354,12 @@ class LabServer:
     async def _pending_loop(self) -> None:
         """Close Engine.IO sessions that never completed a Socket.IO CONNECT in time."""
         period = min(1.0, self.settings.connect_timeout_s / 2)
+        pending = self.pending
+        assert pending is not None  # started only with conn_limits
         while True:
             await asyncio.sleep(period)
-            for eio_sid in self.pending.expired():
-                self.pending.done(eio_sid)
+            for eio_sid in pending.expired():
+                pending.done(eio_sid)
                 self.metrics.refusals.labels(reason="connect_timeout").inc()
                 self.drop_eio(eio_sid, "connect_timeout")
 

@@ -83,7 +83,9 @@ def _cookie(value: str, path: str, max_age: int, secure: bool) -> str:
     jar: SimpleCookie = SimpleCookie()
     jar[COOKIE] = value
     morsel = jar[COOKIE]
-    morsel.update({"path": path, "max-age": str(max_age), "httponly": True, "samesite": "Strict", "secure": secure})
+    morsel["path"], morsel["max-age"], morsel["samesite"] = path, str(max_age), "Strict"
+    morsel["httponly"] = True  # a boolean attribute
+    morsel["secure"] = secure
     if not max_age:
         morsel["expires"] = "Thu, 01 Jan 1970 00:00:00 GMT"
     return morsel.OutputString()
@@ -140,7 +142,7 @@ class Dashboard:
 
     def token_ok(self, given: str) -> bool:
         expected = self.lab.settings.admin_token
-        return bool(expected) and hmac.compare_digest(_digest(given), _digest(expected))
+        return expected is not None and expected != "" and hmac.compare_digest(_digest(given), _digest(expected))
 
     # -- handlers ---------------------------------------------------------------------------------
     async def show(self, request: web.Request) -> web.Response:

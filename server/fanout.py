@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from contextvars import ContextVar
+from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
@@ -162,7 +163,7 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
         self._unheard_since: float | None = None  # first publish no other node heard, since they did
         self._publish_paused_until = 0.0
         self._publish_error: str | None = None
-        self._script = None  # the recovery script, registered on the current Redis client
+        self._script: Any = None  # the recovery script, registered on the current Redis client
 
     def initialize(self) -> None:
         if self.metrics is not None:
@@ -240,7 +241,8 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
         payload = self.json.dumps(data)
         now = time.monotonic()
         if now < self._publish_paused_until:
-            return self._local_only(data, f"Redis unreachable ({self._publish_error})")
+            self._local_only(data, f"Redis unreachable ({self._publish_error})")
+            return None
         try:
             if self.redis is None:
                 self._redis_connect()
@@ -254,7 +256,8 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
             if self._publish_error is None:
                 log.warning("Redis publish failed, delivering on this node only: %s: %s", type(exc).__name__, exc)
             self._publish_error = type(exc).__name__
-            return self._local_only(data, f"Redis publish failed ({self._publish_error})")
+            self._local_only(data, f"Redis publish failed ({self._publish_error})")
+            return None
         if self._publish_error is not None:
             log.warning("Redis publish works again")
             self._publish_error = None

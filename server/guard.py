@@ -27,6 +27,7 @@ class PacketRejected(Exception):
         self.kind = kind
         self.detail = detail
         self.close = close
+        self.packet: object = None  # the decoded packet, when there is one to answer
 
 
 def _no_constant(name: str):
