@@ -111,12 +111,7 @@ def summary_page(pdf: PdfPages, record: dict, model: dict, summary: Summary, lab
         ]
     if len(labels) >= 2:
         _, claims = before_after(summary, labels[0], labels[-1])
-        lines += ["", f"Seed guide claims ({labels[0]} -> {labels[-1]}), judged at this scenario's load:"]
-        for c in claims.itertuples():
-            lines.append(
-                f"  - {c.claim}: measured {fmt(c.measured_before)} -> {fmt(c.measured_after)}: "
-                f"{c.verdict.upper()} ({c.why})"
-            )
+        lines += ["", *claim_lines(claims, labels[0], labels[-1])]
     lines += [
         "",
         f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample.",
@@ -127,6 +122,21 @@ def summary_page(pdf: PdfPages, record: dict, model: dict, summary: Summary, lab
     plt.close(fig)
 
 
+def claim_lines(claims: pd.DataFrame, before: str, after: str, why: bool = False) -> list[str]:
+    """The seed claims as lines, each with its two-part verdict (bound, improvement) from check_claims."""
+    lines = [
+        f"Seed guide claims ({before} -> {after}), judged at this scenario's load. A claim has two parts: "
+        "the bound (the after value within the claimed after value) and the improvement (the measured change "
+        "in the claimed direction, at least the claimed size).",
+    ]
+    for c in claims.itertuples():
+        lines.append(
+            f"  - {c.claim}: measured {fmt(c.measured_before)} -> {fmt(c.measured_after)}: {c.verdict}"
+            + (f" ({c.why})" if why else "")
+        )
+    return lines
+
+
 def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:
     fig = _page(f"Before and after: {labels[0]} vs {labels[-1]}")
     table, claims = before_after(summary, labels[0], labels[-1])
@@ -134,7 +144,7 @@ def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> Non
     _table(
         fig, [0.06, 0.55, 0.88, 0.35], table.drop(columns=["key"]).rename(columns={"improvement_pct": "improvement %"})
     )
-    _table(fig, [0.06, 0.12, 0.88, 0.38], claims[["claim", "measured_before", "measured_after", "verdict"]], size=7)
+    _text(fig, 0.5, claim_lines(claims, labels[0], labels[-1], why=True), size=8, width=110)
     pdf.savefig(fig)
     plt.close(fig)
 

@@ -141,7 +141,13 @@ def test_report_text_holds_the_values_computed_from_the_runs(tiny_outputs):
         for metric, value in steady_figures_from_parquet(Path(run_path)).items():
             assert fmt(value) in text, (run.manifest.label, metric, fmt(value))
             assert row[metric] == pytest.approx(value, rel=1e-9, abs=1e-12), metric
-    assert "Seed guide claims" in text and "NOT HELD" in text
+    assert "Seed guide claims" in text
+    # every claim with its two-part verdict (bound, improvement), as check_claims wrote it to the claims table
+    claims = pd.read_csv(out / "claims-baseline-vs-optimized.csv")
+    assert len(claims) == 6
+    for c in claims.itertuples():
+        assert f"{c.claim}: measured" in text and str(c.verdict) in text, c.claim
+        assert str(c.verdict).startswith(f"bound {str(c.bound).upper()}, improvement {str(c.improvement).upper()}")
 
 
 def test_load_command_with_seed_variables(tmp_path):

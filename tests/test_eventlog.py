@@ -162,7 +162,7 @@ def test_compare_and_claims():
     table = compare(before, after).set_index("key")
     assert table.loc["p95_ms", "improvement_pct"] == pytest.approx(75.0)
     assert table.loc["max_stable_connections", "improvement_pct"] == pytest.approx(900.0)
-    verdicts = check_claims(before, after).set_index("key")["verdict"].to_dict()
+    verdicts = check_claims(before, after).set_index("key")["bound"].to_dict()
     assert verdicts == {
         "max_stable_connections": "held",
         "p95_ms": "not held",
@@ -174,7 +174,7 @@ def test_compare_and_claims():
     capped = check_claims(
         before, {**after, "max_stable_connections": 1000, "max_stable_is_lower_bound": True}, tested_connections=1000
     ).set_index("key")
-    assert capped.loc["max_stable_connections", "verdict"] == "not measurable here"
+    assert capped.loc["max_stable_connections", "bound"] == "not measurable here"
 
 
 def test_peak_memory_counts_each_node_once():
