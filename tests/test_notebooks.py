@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -128,6 +130,29 @@ def test_missing_outputs_folder_is_a_one_line_error(tmp_path):
         NotebookClient(
             nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
         ).execute()
+
+
+def test_nbconvert_executes_a_notebook_from_the_venv(tmp_path):
+    """`jupyter nbconvert --execute` (a dev dependency) works as the README shows, from any folder."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "nbconvert",
+            "--to",
+            "notebook",
+            "--execute",
+            "--stdout",
+            str(NOTEBOOKS / "1-before-after.ipynb"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(images(nbformat.reads(done.stdout, as_version=4))) == FIGURES["1-before-after"]
 
 
 def test_reference_dataset_is_a_real_lab_run():
