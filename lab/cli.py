@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from .errors import UsageError, one_line
 
 if TYPE_CHECKING:
     from eventlog import Run
+    from model import Calibration
 
     from .scenario import Scenario
 
@@ -36,12 +38,28 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
         tokens = read_tokens(args.tokens)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--tokens {args.tokens}: {getattr(exc, 'strerror', None) or exc}") from None
+    _reachable(spec.url)
     with abort_on_signals():
         run_dir = run_load(spec, args.out, tokens, name=args.name)
         run = read_run(run_dir)
     print(format_row(benchmark_row(run.events, run.manifest)))
     print(run_dir)
     return 0
+
+
+def _reachable(url: str, timeout_s: float = 5.0) -> None:
+    """A UsageError if nothing accepts a TCP connection at ``url``: a wrong port is one line, not a run of
+    errors."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme in ("https", "wss") else 80)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout_s).close()
+    except OSError as exc:
+        why = "connection refused" if isinstance(exc, ConnectionRefusedError) else one_line(exc.strerror or exc)
+        raise UsageError(f"--url {url}: cannot connect: {why}; is the server running? nothing started") from None
 
 
 def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
@@ -170,7 +188,7 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
     else:
         if not args.run:
             raise UsageError("name measured run folders, or --live URL")
-        runs = [read_run(r) for r in args.run]
+        runs = [_run_folder(r) for r in args.run]
     try:
         cal = calibrate(runs)
     except ValueError as exc:
@@ -186,15 +204,27 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _run_folder(path: str) -> Run:
+    """A run folder's run, or a one-line UsageError saying why it is not one."""
+    from eventlog import ManifestError, read_run
+
+    try:
+        return read_run(path)
+    except (ManifestError, OSError) as exc:
+        raise UsageError(f"{path}: not a run folder (runs/RUN_ID with a manifest.json): {one_line(exc)}") from None
+
+
 def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     from pydantic import ValidationError
 
     from eventlog import benchmark_row, companies_needed, read_run
-    from model import Calibration, Workload, confidence, replicate
+    from model import Workload, confidence, replicate
 
-    cal = Calibration.load(args.calibration)
+    cal = _calibration(args.calibration)
     if args.connections < 1 or args.rate < 0 or args.duration <= 0:
-        raise UsageError("--connections >= 1, --rate >= 0 and --duration > 0 are required")
+        raise UsageError("--connections >= 1, --events-per-connection >= 0 and --duration > 0 are required")
+    if args.replications < 1 or args.nodes < 1:
+        raise UsageError("--replications and --nodes must be at least 1")
     try:
         wl = Workload.model_validate(
             {
@@ -210,12 +240,45 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
         raise UsageError(f"{'.'.join(str(x) for x in err['loc']) or 'load'}: {err['msg']}") from None
     dirs = replicate(cal, wl, args.out, args.replications, args.seed, nodes=args.nodes, name="simulate")
     rows = [benchmark_row(r.events, r.manifest) for r in map(read_run, dirs)]
+    total = f"total of {args.nodes} nodes" if args.nodes > 1 else "one node"
+    notes = {"mean_cpu_pct": f"% of one core, {total}", "peak_memory_mb": total}
     for m in ("p50_ms", "p95_ms", "p99_ms", "throughput_eps", "mean_cpu_pct", "peak_memory_mb", "error_rate_pct"):
         mean, half = confidence([r[m] for r in rows])
-        print(f"{m:<16} {mean:10.2f} +- {half:.2f} (95 % CI, {len(rows)} replications)")
+        ci = f"+- {half:.2f} (95 % CI, {len(rows)} replications)" if math.isfinite(half) else "+- n/a"
+        note = f"; {notes[m]}" if m in notes else ""
+        print(f"{m:<16} {mean:10.2f} {ci}{note}")
+    if len(rows) < 2:
+        print("(one replication: no confidence interval; pass --replications 3 or more for one)")
     for d in dirs:
         print(d)
     return 0
+
+
+def _calibration(path: str) -> Calibration:
+    """The calibration file, or a one-line UsageError naming the file and what is wrong with it."""
+    from pydantic import ValidationError
+
+    from model import Calibration
+
+    try:
+        return Calibration.load(path)
+    except OSError as exc:
+        raise UsageError(f"--calibration {path}: cannot read: {exc.strerror or exc}") from None
+    except (ValidationError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"--calibration {path}: not a calibration (the JSON `caplab calibrate --out` writes): {_first_error(exc)}"
+        ) from None
+
+
+def _first_error(exc: Exception) -> str:
+    """The first of a pydantic ValidationError's errors as `where: what`, else the message on one line."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        return f"{where}: {err['msg']}" if where else str(err["msg"])
+    return one_line(exc)
 
 
 def _mix(text: str) -> dict[str, float]:
@@ -254,20 +317,27 @@ def build_parser() -> argparse.ArgumentParser:
         "    SOCKET_URL=http://127.0.0.1:PORT caplab load --tokens users.jsonl\n"
         "  caplab runs",
     )
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("serve", help="run one server node (same flags as python -m server)", add_help=False)
     s.set_defaults(func=cmd_serve)
-    s = sub.add_parser("load", help="run open-loop load against a server into a new run folder")
+    s = sub.add_parser("load", parents=[common], help="run open-loop load against a server into a new run folder")
     add_load_arguments(s)
     s.set_defaults(func=cmd_load)
-    s = sub.add_parser("run", help="run a scenario file end to end (measure/simulate/compare/sweep, report)")
+    s = sub.add_parser(
+        "run", parents=[common], help="run a scenario file end to end (measure/simulate/compare/sweep, report)"
+    )
     s.add_argument("scenario", help="scenario YAML, e.g. scenarios/quickstart.yaml")
     s.add_argument("--runs", default="runs", help="folder for run folders (default runs/)")
     s.add_argument("--reports", default="reports", help="folder for outputs and PDFs (default reports/)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--reuse", nargs="+", metavar="RUN", help="analyse these measured runs instead of measuring")
     s.set_defaults(func=cmd_run)
-    s = sub.add_parser("calibrate", help="fit the model from measured runs (or a live server)")
+    s = sub.add_parser("calibrate", parents=[common], help="fit the model from measured runs (or a live server)")
     s.add_argument("run", nargs="*", help="measured run folders of one server configuration")
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--live", help="instead: scrape this node's /socket-metrics (loopback only)")
@@ -275,26 +345,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--profile", choices=["baseline", "optimized"], help="with --live: the profile the node runs (its settings)"
     )
-    s.add_argument("--runs", default="runs")
+    s.add_argument("--runs", default="runs", help="with --live: folder for the scraped run (default runs/)")
     s.set_defaults(func=cmd_calibrate)
-    s = sub.add_parser("simulate", help="simulate a load with a calibration; prints the run folders last")
-    s.add_argument("--calibration", required=True)
-    s.add_argument("--connections", type=int, required=True)
-    s.add_argument("--rate", type=float, required=True, help="events per second per connection")
-    s.add_argument("--duration", type=float, required=True, help="simulated seconds")
-    s.add_argument("--replications", type=int, default=1)
-    s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--nodes", type=int, default=1)
-    s.add_argument("--mix", default=mix_text(DEFAULT_MIX), help=f"event mix (default {mix_text(DEFAULT_MIX)})")
-    s.add_argument("--connect-rate", type=float, default=1000.0)
-    s.add_argument("--out", default="runs")
+    s = sub.add_parser(
+        "simulate", parents=[common], help="simulate a load with a calibration; prints the run folders last"
+    )
+    s.add_argument("--calibration", required=True, help="calibration file (JSON) that `caplab calibrate` wrote")
+    s.add_argument("--connections", type=int, required=True, help="connections held, over all nodes")
+    s.add_argument(
+        "--events-per-connection",
+        "--rate",
+        dest="rate",
+        type=float,
+        required=True,
+        help="events per second per connection (the total rate is this times --connections)",
+    )
+    s.add_argument("--duration", type=float, required=True, help="simulated seconds to hold the connections")
+    s.add_argument(
+        "--replications", type=int, default=1, help="independent runs with seeds SEED, SEED+1, ... (default 1: no CI)"
+    )
+    s.add_argument("--seed", type=int, default=1, help="seed of the first replication (default 1)")
+    s.add_argument("--nodes", type=int, default=1, help="server nodes sharing the connections (default 1)")
+    s.add_argument(
+        "--mix", default=mix_text(DEFAULT_MIX), help=f"event mix, NAME=WEIGHT,... (default {mix_text(DEFAULT_MIX)})"
+    )
+    s.add_argument("--connect-rate", type=float, default=1000.0, help="new connections per second (default 1000)")
+    s.add_argument("--out", default="runs", help="folder for the simulated run folders (default runs/)")
     s.set_defaults(func=cmd_simulate)
-    s = sub.add_parser("report", help="rebuild the PDF report of a scenario's output folder")
+    s = sub.add_parser("report", parents=[common], help="rebuild the PDF report of a scenario's output folder")
     s.add_argument("outputs", help="reports/NAME")
     s.set_defaults(func=cmd_report)
-    s = sub.add_parser("runs", help="list runs, or show one run's manifest and benchmark row")
+    s = sub.add_parser("runs", parents=[common], help="list runs, or show one run's manifest and benchmark row")
     s.add_argument("run", nargs="?", help="run id or folder")
-    s.add_argument("--out", default="runs")
+    s.add_argument("--out", default="runs", help="folder holding the run folders (default runs/)")
     s.set_defaults(func=cmd_runs)
     return p
 
@@ -306,19 +389,38 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, [])
-    except UsageError as exc:
-        print(f"caplab {args.command}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"caplab {args.command}: interrupted; the run folder keeps what was written", file=sys.stderr)
         return 130
     except BaseException as exc:
         run = sys.modules.get("loadgen.launch")  # only loaded by the commands that can raise RunAborted
-        if run is None or not isinstance(exc, run.RunAborted):
+        if run is not None and isinstance(exc, run.RunAborted):
+            where = f": {exc.run_dir}" if getattr(exc, "run_dir", None) else ""
+            print(f"caplab {args.command}: {exc}; the run folder keeps what was written{where}", file=sys.stderr)
+            return 128 + exc.signum
+        if getattr(args, "debug", False) or not isinstance(exc, Exception):
             raise
-        where = f": {exc.run_dir}" if getattr(exc, "run_dir", None) else ""
-        print(f"caplab {args.command}: {exc}; the run folder keeps what was written{where}", file=sys.stderr)
-        return 128 + exc.signum
+        code, line = _error_line(exc)
+        print(f"caplab {args.command}: {line}", file=sys.stderr)
+        return code
+
+
+def _error_line(exc: Exception) -> tuple[int, str]:
+    """The one place an error becomes the CLI's one line: (exit code, line). A user's mistake (bad input,
+    a missing or unreadable file) exits 2; anything else is a fault of the lab, exit 1, and `--debug`
+    shows its traceback."""
+    from pydantic import ValidationError
+
+    from eventlog import ManifestError
+
+    if isinstance(exc, UsageError | ManifestError):
+        return 2, f"error: {one_line(exc)}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return 2, f"error: {where}{exc.strerror}"
+    if isinstance(exc, ValidationError):
+        return 2, f"error: {exc.title}: {_first_error(exc)}"
+    return 1, f"internal error: {type(exc).__name__}: {one_line(exc)} (run again with --debug for the traceback)"
 
 
 if __name__ == "__main__":

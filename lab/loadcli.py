@@ -35,10 +35,20 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mix", default=mix_text(DEFAULT_MIX), help=f"event mix, NAME=WEIGHT,... (default {mix_text(DEFAULT_MIX)})"
     )
-    p.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
-    p.add_argument("--payload-bytes", type=int, default=64)
+    p.add_argument(
+        "--arrival",
+        choices=["poisson", "fixed"],
+        default="poisson",
+        help="gaps between a connection's sends: random (poisson, default) or equal (fixed)",
+    )
+    p.add_argument("--payload-bytes", type=int, default=64, help="bytes of text in each event (default 64)")
     p.add_argument("--rooms", type=int, default=0, help="sub-rooms each connection joins")
-    p.add_argument("--chat-to", choices=["company", "room"], default="company")
+    p.add_argument(
+        "--chat-to",
+        choices=["company", "room"],
+        default="company",
+        help="chats go to the whole company (default) or to one of the --rooms sub-rooms",
+    )
     p.add_argument("--churn", type=float, default=0.0, help="planned reconnects per second")
     p.add_argument("--churn-away", type=float, default=0.0, help="seconds a churned client stays away (default 0)")
     p.add_argument(
@@ -49,7 +59,7 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source-addrs", default="127.0.0.1", help="comma-separated 127.x source addresses")
     p.add_argument("--scrape", default=None, help="comma-separated node URLs to scrape (default: --url)")
     p.add_argument("--no-scrape", action="store_true", help="do not scrape /socket-metrics")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of the generator's random choices (default 1)")
 
 
 def mix_text(mix: Mapping[str, float]) -> str:
