@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -78,15 +79,19 @@ def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
     if not dirs:
         print(f"no runs under {root}/")
         return 0
-    print(f"{'run id':<44} {'source':<10} {'status':<9} {'profile':<10} note")
+    rows = []
     for d in dirs:
         try:
             m = read_manifest(d)
         except ManifestError as exc:
-            print(f"{d.name:<44} {'?':<10} {'damaged':<9} {'':<10} {one_line(exc)}")
+            rows.append((d.name, "?", "damaged", "", one_line(exc)))
             continue
         status, why = run_status(m)
-        print(f"{m.run_id:<44} {m.source:<10} {status:<9} {m.profile:<10} {why}".rstrip())
+        rows.append((m.run_id, m.source, status, m.profile, why))
+    table = [("run id", "source", "status", "profile", "note"), *rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]  # long run ids widen the column, never break it
+    for r in table:
+        print(" ".join([*(f"{v:<{w}}" for v, w in zip(r[:4], widths, strict=True)), r[4]]).rstrip())
     return 0
 
 
@@ -195,6 +200,19 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
         raise UsageError(str(exc)) from None
     cal.save(args.out)
     fit = cal.fit.get("cpu", {})
+    r2 = fit.get("r2")
+    if not fit.get("regressors"):
+        print(
+            "caplab calibrate: warning: nothing the CPU fit uses (events, deliveries, connects, live connections) "
+            "moved in these runs: the CPU costs are not measured (fit R2 0); calibrate on runs under load instead",
+            file=sys.stderr,
+        )
+    elif r2 is not None and r2 < 0.5:
+        print(
+            f"caplab calibrate: warning: CPU fit R2 {r2:.3f} (below 0.5): the costs explain little of the CPU; "
+            "simulations from this calibration are rough",
+            file=sys.stderr,
+        )
     print(
         f"cpu/event {cal.cpu_per_event_s * 1e6:.1f} us, per delivery {cal.cpu_per_delivery_s * 1e6:.2f} us, "
         f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.1f} KB/connection, "
@@ -400,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             return 128 + exc.signum
         if getattr(args, "debug", False) or not isinstance(exc, Exception):
             raise
+        if isinstance(exc, BrokenPipeError):  # `caplab runs | head`: the reader left; nothing to say
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 -- Python's flush at exit must not fail again
+            return 141
         code, line = _error_line(exc)
         print(f"caplab {args.command}: {line}", file=sys.stderr)
         return code

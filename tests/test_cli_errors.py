@@ -142,3 +142,27 @@ def test_every_option_of_every_command_says_what_it_is():
         if not a.help
     ]
     assert not missing, missing
+
+
+def test_runs_columns_hold_long_run_ids(tmp_path):
+    from eventlog import create_run, finish_run
+
+    for name in ("short", "a-scenario-name-much-longer-than-the-old-forty-four-character-column"):
+        run_dir, _ = create_run(tmp_path / "runs", "simulated", name, profile="optimized")
+        finish_run(run_dir, "complete")
+    res = caplab("runs", "--out", "runs", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3 and all(len(line.split()) == 4 for line in lines[1:]), lines
+    starts = {line.index("simulated") for line in lines[1:]} | {lines[0].index("source")}
+    assert len(starts) == 1, lines  # one column, whatever the id's length
+
+
+def test_calibrate_live_on_an_idle_server_warns(start_server, tmp_path):
+    server, _ = start_server("optimized", companies=0, env={"REDIS_URL": ""})
+    args = ["calibrate", "--live", server.url, "--profile", "optimized", "--seconds", "4", "--out", "cal.json"]
+    res = caplab(*args, "--runs", "runs", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "cal.json").exists()
+    warning = [line for line in res.stderr.splitlines() if line.startswith("caplab calibrate: warning:")]
+    assert len(warning) == 1 and "CPU costs are not measured" in warning[0], res.stderr
