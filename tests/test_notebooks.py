@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 from nbclient import NotebookClient
 
@@ -62,13 +63,6 @@ def texts(nb: nbformat.NotebookNode) -> list[list]:
     ]
 
 
-def with_parameters(nb: nbformat.NotebookNode, **values) -> nbformat.NotebookNode:
-    """Papermill-style: a cell of assignments right after the `parameters`-tagged cell."""
-    (i,) = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
-    nb.cells.insert(i + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in values.items())))
-    return nb
-
-
 def test_every_notebook_is_listed():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(FIGURES)
 
@@ -110,13 +104,20 @@ def reports_folder(repo: Path) -> Path:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_outputs_parameter_takes_a_report_folder_whose_run_paths_are_relative_to_the_repo(tmp_path):
+def test_papermill_runs_a_notebook_on_a_report_folder_whose_run_paths_are_relative_to_the_repo(tmp_path):
     out = reports_folder(tmp_path / "repo")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    nb = execute(
-        with_parameters(nbformat.read(NOTEBOOKS / "1-before-after.ipynb", as_version=4), OUTPUTS=str(out)), elsewhere
+    done = tmp_path / "done.ipynb"
+    papermill.execute_notebook(
+        NOTEBOOKS / "1-before-after.ipynb",
+        done,
+        parameters={"OUTPUTS": str(out)},
+        cwd=elsewhere,
+        kernel_name="python3",
+        progress_bar=False,
     )
+    nb = nbformat.read(done, as_version=4)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     for p in json.loads((REFERENCE / "runs.json").read_text())["measured"]:
         assert read_manifest(REFERENCE / p).run_id in printed
@@ -125,11 +126,15 @@ def test_outputs_parameter_takes_a_report_folder_whose_run_paths_are_relative_to
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_missing_outputs_folder_is_a_one_line_error(tmp_path):
-    nb = with_parameters(nbformat.read(NOTEBOOKS / "3-capacity.ipynb", as_version=4), OUTPUTS="reports/no-such")
-    with pytest.raises(Exception, match=r"reports/no-such: no runs.json there"):
-        NotebookClient(
-            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        ).execute()
+    with pytest.raises(papermill.PapermillExecutionError, match=r"reports/no-such: no runs.json there"):
+        papermill.execute_notebook(
+            NOTEBOOKS / "3-capacity.ipynb",
+            tmp_path / "done.ipynb",
+            parameters={"OUTPUTS": "reports/no-such"},
+            cwd=tmp_path,
+            kernel_name="python3",
+            progress_bar=False,
+        )
 
 
 def test_nbconvert_executes_a_notebook_from_the_venv(tmp_path):
