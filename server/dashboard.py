@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 import socketio
 from aiohttp import web
 
-from .limits import TokenBucket
+from .limits import TokenBucket, forget_refilled
 
 if TYPE_CHECKING:
     from .app import LabServer
@@ -199,8 +199,7 @@ class Dashboard:
         bucket = buckets.get(ip)
         if bucket is None:
             if len(buckets) >= MAX_LOGIN_BUCKETS:  # forget refilled buckets, then the oldest
-                for key in [k for k, b in buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]:
-                    del buckets[key]
+                forget_refilled(buckets, now)
                 while len(buckets) >= MAX_LOGIN_BUCKETS:
                     del buckets[next(iter(buckets))]
             bucket = buckets[ip] = TokenBucket(LOGIN_RATE, LOGIN_BURST, stamp=now)

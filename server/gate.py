@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import cast
 
-from .limits import TokenBucket
+from .limits import TokenBucket, forget_refilled
 
 MAX_TRACKED_IPS = 100_000  # above this, buckets that have refilled are forgotten
 EXPLAIN_RATE, EXPLAIN_BURST = 5.0, 10.0  # refused connections per second per address that still get a 429
@@ -75,13 +75,7 @@ class AcceptGate:
     def sweep(self, now: float | None = None) -> int:
         """Forget addresses whose buckets have refilled: an idle address needs no state."""
         now = time.monotonic() if now is None else now
-        forgotten = 0
-        for buckets in (self.tcp, self.explain):
-            full = [ip for ip, b in buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
-            for ip in full:
-                del buckets[ip]
-            forgotten += len(full)
-        return forgotten
+        return forget_refilled(self.tcp, now) + forget_refilled(self.explain, now)
 
 
 class _Gate(asyncio.Protocol):

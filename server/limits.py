@@ -92,9 +92,13 @@ class TokenBucket:
             return True
         return False
 
+    def level(self, now: float) -> float:
+        """Tokens it would hold now, before the burst cap (nothing is changed)."""
+        return self.tokens + (now - self.stamp) * self.rate
+
     def ready(self, now: float) -> bool:
         """Would ``take`` succeed now? (Nothing is consumed.)"""
-        return self.tokens + (now - self.stamp) * self.rate >= 1.0
+        return self.level(now) >= 1.0
 
     def strike(self, window_s: float, now: float | None = None) -> int:
         """Record a rejected event; return the rejections within the window."""
@@ -133,6 +137,14 @@ class BanList:
         return len(dead)
 
 
+def forget_refilled(buckets: dict[str, TokenBucket], now: float) -> int:
+    """Drop the buckets that have refilled to their burst: a fresh one would be the same."""
+    full = [key for key, b in buckets.items() if b.level(now) >= b.burst]
+    for key in full:
+        del buckets[key]
+    return len(full)
+
+
 class ConnectRate:
     """Admission of new Engine.IO sessions: a token bucket per IP and one for the whole node."""
 
@@ -164,11 +176,7 @@ class ConnectRate:
 
     def sweep(self, now: float | None = None) -> int:
         """Forget buckets that have refilled (an idle IP needs no state)."""
-        now = time.monotonic() if now is None else now
-        full = [ip for ip, b in self.buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.burst]
-        for ip in full:
-            del self.buckets[ip]
-        return len(full)
+        return forget_refilled(self.buckets, time.monotonic() if now is None else now)
 
 
 class PendingSessions:

@@ -124,3 +124,19 @@ async def test_memory_critical_refuses_new_connections(start_server):
     health = await metrics(server.url)
     assert health["memory"]["status"] == "critical"
     assert health["counters"]["refusals"]["memory_critical"] == 1
+
+
+def test_refilled_buckets_are_forgotten_and_drained_ones_kept():
+    from server.gate import AcceptGate
+    from server.limits import TokenBucket, forget_refilled
+
+    buckets = {"idle": TokenBucket(1.0, 2.0, stamp=0.0), "busy": TokenBucket(1.0, 2.0, stamp=0.0)}
+    buckets["idle"].take(0.0)
+    for _ in range(2):
+        buckets["busy"].take(0.0)
+    assert forget_refilled(buckets, 1.0) == 1 and list(buckets) == ["busy"]  # idle: 1 + 1 s x 1/s = burst
+    assert forget_refilled(buckets, 1.5) == 0 and forget_refilled(buckets, 2.0) == 1 and not buckets
+    gate = AcceptGate(lambda: None, 1.0, 2.0, lambda ip, now: None, lambda reason: None)
+    assert gate.refusal("a", now=0.0) is None and gate.refusal("b", now=0.0) is None
+    assert gate.refusal("b", now=0.0) is None and gate.refusal("b", now=0.0) == "accept_rate_ip"
+    assert gate.sweep(now=1.0) == 1 and list(gate.tcp) == ["b"]  # "a" refilled; "b" is still short
