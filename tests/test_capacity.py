@@ -1,0 +1,46 @@
+"""The one capacity answer: a node's capacity from replicated ramps, capped by its limit; nodes needed."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventlog.capacity import NodeCapacity, capacity_answer, node_capacity_text
+
+
+def test_node_never_counts_for_more_than_its_connection_limit():
+    # the ramps held 2500-3000 within the SLO, but the optimized node refuses the 2001st connection
+    cap = NodeCapacity((2500, 3000, 2500), node_limit=2000)
+    assert cap.per_node == 2000
+    assert cap.limited_by.startswith("node connection limit 2000")
+    assert cap.nodes(10_000) == 6  # 5 + the spare, never 4 + 1 at 2500 per node
+    assert "limited by node connection limit 2000" in node_capacity_text(cap)
+
+
+def test_answer_believes_the_least_ramp_and_shows_the_spread():
+    cap = NodeCapacity((1500, 2000, 2000, 1500, 2000))
+    a = cap.answer(10_000)
+    assert (a.nodes, a.best_case) == (8, 6)  # ceil(10000/1500) + 1, ceil(10000/2000) + 1
+    assert (a.at_less_load, a.at_more_load) == (7, 9)  # 8000 and 12000 connections
+    assert a.text() == "8 nodes with N+1 (6-8 over 5 ramps; 7 at -20 % load, 9 at +20 %)"
+
+
+def test_no_answer_when_one_node_holds_nothing():
+    a = NodeCapacity((0, 100)).answer(200)
+    assert a.nodes is None and a.text().startswith("no answer")
+
+
+def test_one_ramp_says_it_has_no_spread_and_exact_fits_are_not_rounded_up():
+    a = NodeCapacity((2000,)).answer(2000)
+    assert a.nodes == 2 and "1 ramp: no spread" in a.text()
+
+
+def test_record_round_trips_and_keeps_the_old_key():
+    cap = NodeCapacity((1000, 1500), node_limit=2000, lower_bound=False)
+    rec = capacity_answer(cap, [200, 2000, 10_000])
+    assert rec["nodes_needed_n_plus_1"] == {"200": 2, "2000": 3, "10000": 11}
+    assert NodeCapacity.from_record(rec) == cap
+
+
+def test_needs_a_ramp():
+    with pytest.raises(ValueError, match="at least one ramp"):
+        NodeCapacity(())
