@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from eventlog import Run, benchmark_row, companies_needed, read_run, step_table, steps
+from eventlog.capacity import SPARE_NODES, NodeCapacity, capacity_answer, node_capacity_text
 from model import Calibration, Workload, confidence, replicate
 from model.calibrate import calibrate
 from model.usl import fit_usl
@@ -55,20 +55,31 @@ def workload_at(wl: Workload, connections: int, duration_s: float, rate_per_conn
 
 
 def capacity_rows(
-    cal: Calibration, wl: Workload, sc: Scenario, sim: SimulateSpec, runs_root: Path, label: str
+    cal: Calibration,
+    wl: Workload,
+    sc: Scenario,
+    sim: SimulateSpec,
+    runs_root: Path,
+    label: str,
+    nodes_for: Mapping[int, int] | None = None,
 ) -> pd.DataFrame:
-    """Simulated benchmark rows at each of the scenario's connection counts, mean and CI half-width."""
+    """Simulated benchmark rows at each of the scenario's connection counts, mean and CI half-width.
+
+    Each count runs on ``nodes_for[count]`` nodes (the capacity answer without its spare: the load
+    with one node down), else on the scenario's ``simulate.nodes``; CPU and memory are also given per node.
+    """
     rate = sim.events_per_connection if sim.events_per_connection is not None else wl.base_rate
     rows = []
     for n in sim.connections:
+        nodes = (nodes_for or {}).get(n) or sim.nodes
         w = workload_at(wl, n, sim.duration_s, rate)
         dirs = replicate(
-            cal,
+            cal.model_copy(update={"conn_limits": False}) if nodes > 1 else cal,
             w,
             runs_root,
             sim.replications,
             sim.seed,
-            nodes=sim.nodes,
+            nodes=nodes,
             name=f"{sc.name}-{label}-{n}",
             extra={"label": f"{label}@{n}", "slo": sc.slo.model_dump()},
         )
@@ -77,28 +88,33 @@ def capacity_rows(
             "label": label,
             "connections": n,
             "events_per_connection": rate,
-            "nodes": sim.nodes,
+            "nodes": nodes,
             "replications": len(reps),
             "run_ids": [d.name for d in dirs],
         }
         for m in CAPACITY_METRICS:
             mean, half = confidence([r[m] for r in reps])
             row[m], row[m + "_ci"] = mean, half
+        for m in ("mean_cpu_pct", "peak_memory_mb"):  # the projections sum over nodes
+            row[m + "_per_node"], row[m + "_per_node_ci"] = row[m] / nodes, row[m + "_ci"] / nodes
+        row["meets_slo"] = bool(row["p95_ms"] <= sc.slo.p95_ms and row["error_rate_pct"] <= sc.slo.error_rate_pct)
         rows.append(row)
         log(
-            f"  simulated {label} at {n} connections: p95 {row['p95_ms']:.1f} +- {row['p95_ms_ci']:.1f} ms, "
-            f"cpu {row['mean_cpu_pct']:.0f} %"
+            f"  simulated {label} at {n} connections on {nodes} node(s): p95 {row['p95_ms']:.1f} "
+            f"+- {row['p95_ms_ci']:.1f} ms, cpu {row['mean_cpu_pct_per_node']:.0f} % per node"
         )
     return pd.DataFrame(rows)
 
 
 def node_capacity(
     cal: Calibration, wl: Workload, sc: Scenario, sim: SimulateSpec, runs_root: Path, label: str, rate: float
-) -> tuple[int, list[int]]:
-    """Connections one node holds within the SLO, from simulated step ramps (the measured ramp's rule).
+) -> tuple[NodeCapacity, list[str]]:
+    """Connections one node holds within the SLO, from simulated step ramps (the measured ramp's rule),
+    capped by the node's connection limit when the calibrated server enforces one.
 
-    One ramp per replication; the answer is the least of them (what held in every replication), since
-    one short ramp can pass a step whose p95 sits near the SLO by luck. Returns it and every ramp's.
+    One ramp per replication, simulated without the limit so the SLO's own bound shows; the answer
+    (eventlog.capacity) believes the least of them, since one short ramp can pass a step whose p95 sits
+    near the SLO by luck. Returns it and the ramp runs' ids.
     """
     top = 2 * max(sim.connections)
     targets = [n for n in NODE_RAMP_TARGETS if n <= max(top, 100)]
@@ -112,9 +128,8 @@ def node_capacity(
             "connect_rate": NODE_RAMP_CONNECT_RATE,
         }
     )
-    cal = cal.model_copy(update={"conn_limits": False})
     dirs = replicate(
-        cal,
+        cal.model_copy(update={"conn_limits": False}),
         ramp,
         runs_root,
         sim.replications,
@@ -122,8 +137,18 @@ def node_capacity(
         name=f"{sc.name}-{label}-ramp",
         extra={"label": f"{label}-ramp"},
     )
-    held = [int(benchmark_row(r.events, r.manifest, sc.slo)["max_stable_connections"]) for r in map(read_run, dirs)]
-    return min(held), held
+    rows = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
+    cap = NodeCapacity(
+        tuple(int(r["max_stable_connections"]) for r in rows),
+        node_limit=node_limit(cal),
+        lower_bound=all(bool(r["max_stable_is_lower_bound"]) for r in rows),
+    )
+    return cap, [d.name for d in dirs]
+
+
+def node_limit(cal: Calibration) -> int | None:
+    """The calibrated node's SOCKET_MAX_CONNECTIONS, or None when its server enforces no limit."""
+    return cal.max_connections if cal.conn_limits else None
 
 
 Models = dict[str, tuple[Calibration, Workload]]  # label -> calibration and the load it was measured under
@@ -184,22 +209,30 @@ def given_model(sc: Scenario, sim: SimulateSpec, record: dict) -> tuple[str, Cal
 def simulate_capacity(
     sc: Scenario, sim: SimulateSpec, models: Models, runs_root: Path, out_dir: Path, record: dict
 ) -> None:
-    """'compare' and 'simulate': each model at the scenario's connection counts, and one node's capacity."""
+    """'compare' and 'simulate': one node's capacity from replicated ramps, the nodes each of the scenario's
+    connection counts needs (eventlog.capacity), and each count simulated on those nodes less the spare."""
     tables, capacity = [], {}
     for label, (cal, wl) in models.items():
+        rate = sim.events_per_connection if sim.events_per_connection is not None else wl.base_rate
+        log(f"simulating {label}: one node's capacity from {sim.replications} ramps ...")
+        cap, ramp_runs = node_capacity(cal, wl, sc, sim, runs_root, label, rate)
+        log(f"  {label}: {node_capacity_text(cap)}")
+        answer = capacity_answer(cap, sim.connections)
+        # with one node down the rest must carry the load; 'simulate.nodes', when set, overrides
+        nodes_for = (
+            None
+            if "nodes" in sim.model_fields_set
+            else {
+                n: a["nodes"] - a["spare"] for n, a in ((int(k), v) for k, v in answer["nodes"].items()) if a["nodes"]
+            }
+        )
         log(f"simulating {label} at {sim.connections} connections ...")
-        t = capacity_rows(cal, wl, sc, sim, runs_root, label)
+        t = capacity_rows(cal, wl, sc, sim, runs_root, label, nodes_for)
         tables.append(t)
-        record["simulated"] += [r for ids in t["run_ids"] for r in ids]
-        rate = float(t["events_per_connection"].iloc[0])
-        cap, per_ramp = node_capacity(cal, wl, sc, sim, runs_root, label, rate)
-        capacity[label] = {
-            "connections_per_node": cap,
-            "connections_per_node_each_replication": per_ramp,
-            "events_per_connection": rate,
-            "nodes_needed_n_plus_1": {str(n): (math.ceil(n / cap) + 1) if cap else None for n in sim.connections},
-        }
-        log(f"  {label}: one node holds {cap} connections within the SLO (least of the ramps {per_ramp})")
+        record["simulated"] += ramp_runs + [r for ids in t["run_ids"] for r in ids]
+        capacity[label] = {**answer, "events_per_connection": rate, "ramp_runs": ramp_runs}
+        for n, a in answer["nodes"].items():
+            log(f"  {label} at {n} connections: {a['text']}")
     if tables:
         pd.concat(tables, ignore_index=True).to_csv(out_dir / "capacity.csv", index=False)
     record["capacity"] = capacity
@@ -242,34 +275,58 @@ def run_sweep(
             c = c.model_copy(update={"flush_interval_s": setting["flush_interval_ms"] / 1000.0})
         if "batching" in setting:
             c = c.model_copy(update={"batching": bool(setting["batching"])})
+        if "max_connections" in setting:  # a changed setting: the what-if raises (or lowers) the node's limit
+            c = c.model_copy(update={"max_connections": int(setting["max_connections"]), "conn_limits": True})
         n = int(setting.get("connections", sweep.target_connections))
         rate = float(setting.get("events_per_connection", wl.base_rate))
+        row = {**setting, "connections": n, "nodes": nodes}
+        limit = node_limit(c)
+        if limit is not None and n > limit * nodes:
+            # the model would refuse them too; a node never counts for more than its SOCKET_MAX_CONNECTIONS
+            row.update({m: float("nan") for m in ("p95_ms", "error_rate_pct", "mean_cpu_pct", "throughput_eps")})
+            row.update(meets_slo=False, over_node_limit=True)
+            rows.append(row)
+            log(f"  sweep {setting_text(setting)}: {n} connections exceed {nodes} x the node limit {limit}: not run")
+            continue
         w = workload_at(wl, n, sim.duration_s, rate)
-        c = c.model_copy(update={"conn_limits": False})
         dirs = replicate(
-            c,
+            c.model_copy(update={"conn_limits": False}),  # the limit is checked above, per node
             w,
             runs_root,
             sim.replications,
             sim.seed,
             nodes=nodes,
             name=f"{sc.name}-sweep",
-            extra={"label": json.dumps(setting)},
+            extra={"label": setting_text(setting)},
         )
         reps: list[Mapping[str, Any]] = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
-        row = {**setting, "connections": n, "nodes": nodes}
         for m in ("p95_ms", "error_rate_pct", "mean_cpu_pct", "throughput_eps"):
             row[m], row[m + "_ci"] = confidence([r[m] for r in reps])
         row["meets_slo"] = bool(row["p95_ms"] <= sc.slo.p95_ms and row["error_rate_pct"] <= sc.slo.error_rate_pct)
+        row["over_node_limit"] = False
         rows.append(row)
         log(
-            f"  sweep {setting}: p95 {row['p95_ms']:.1f} ms, cpu {row['mean_cpu_pct']:.0f} % "
-            f"({'meets' if row['meets_slo'] else 'misses'} the SLO)"
+            f"  sweep {setting_text(setting)}: p95 {row['p95_ms']:.1f} ms, cpu {row['mean_cpu_pct'] / nodes:.0f} % "
+            f"per node ({'meets' if row['meets_slo'] else 'misses'} the SLO)"
         )
     df = pd.DataFrame(rows)
     df.to_csv(out_dir / "sweep.csv", index=False)
     ok = df[df["meets_slo"]]
     fewest = int(ok["nodes"].min()) if len(ok) and "nodes" in ok else None
     return {
-        "sweep": {"rows": len(df), "fewest_nodes_meeting_slo": fewest, "with_n_plus_1": fewest + 1 if fewest else None}
+        "sweep": {
+            "rows": len(df),
+            "fewest_nodes_meeting_slo": fewest,
+            "with_n_plus_1": fewest + SPARE_NODES if fewest else None,
+            "node_limit": node_limit(cal),
+            "changed_settings": [k for k in keys if k in CHANGED_SETTINGS],
+        }
     }
+
+
+CHANGED_SETTINGS = ("max_connections", "flush_interval_ms", "batching")  # differ from the calibrated server
+
+
+def setting_text(setting: Mapping[str, Any]) -> str:
+    """'nodes=4 flush_interval_ms=25' for a sweep's grid point (integers without '.0')."""
+    return " ".join(f"{k}={float(v):g}" for k, v in setting.items())

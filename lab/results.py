@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from eventlog import SLO, Manifest, Run, benchmark_row, check_claims, compare, read_run, step_table
+from eventlog.capacity import NodeCapacity, NodesAnswer
 from eventlog.checks import SelfCheck, self_checks
 from eventlog.projections import BenchmarkRow
 
@@ -164,3 +165,21 @@ def load_outputs(out_dir: Path | str) -> dict:
         "sweep": csv("sweep.csv"),
         "model": model,
     }
+
+
+def capacity_answers(out: dict) -> dict[str, tuple[NodeCapacity, dict[int, NodesAnswer]]]:
+    """Each model's node capacity and the nodes each simulated target needs (eventlog.capacity), from
+    load_outputs' model.json: the one answer the report, notebooks and CLI print. A model.json written
+    before node limits were recorded takes the limit from the label's calibration file."""
+    from model.parameters import Calibration
+
+    answers = {}
+    model = out.get("model") or {}
+    for label, rec in (model.get("capacity") or {}).items():
+        if "node_limit" not in rec and label in (model.get("calibrations") or {}):
+            cal = Calibration.load(model["calibrations"][label])
+            rec = {**rec, "node_limit": cal.max_connections if cal.conn_limits else None}
+        cap = NodeCapacity.from_record(rec)
+        targets = [int(n) for n in (rec.get("nodes") or rec.get("nodes_needed_n_plus_1") or {})]
+        answers[label] = (cap, {n: cap.answer(n) for n in targets})
+    return answers

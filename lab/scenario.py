@@ -128,6 +128,7 @@ SWEEP_KEYS: dict[str, tuple[str, float, float]] = {
     "flush_interval_ms": ("float", 1e-3, 60_000),
     "events_per_connection": ("float", 0, 1000),
     "batching": ("bool", 0, 1),
+    "max_connections": ("int", 1, 1_000_000),  # SOCKET_MAX_CONNECTIONS per node: a changed setting
 }
 
 

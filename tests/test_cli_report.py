@@ -91,7 +91,13 @@ def test_run_writes_tables_calibrations_and_capacity(tiny_outputs):
         # the node capacity is what held in every simulated ramp, not one lucky ramp
         each = cap["connections_per_node_each_replication"]
         assert len(each) == 2  # the tiny scenario's replications
-        assert cap["connections_per_node"] == min(each)
+        limit = cap["node_limit"]
+        assert cap["connections_per_node"] == min(min(each), limit if limit is not None else min(each))
+        # every target's answer comes from eventlog.capacity: nodes = ceil(n / per node) + the spare
+        for n, answer in cap["nodes"].items():
+            if cap["connections_per_node"]:
+                assert answer["nodes"] == -(-int(n) // cap["connections_per_node"]) + 1, answer
+                assert answer["best_case"] <= answer["nodes"] <= answer["at_more_load"], answer
 
 
 def steady_figures_from_parquet(run_dir: Path) -> dict[str, float]:
