@@ -31,8 +31,8 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from loadgen import read_tokens, run_load
     from loadgen.launch import abort_on_signals
 
-    from .loadcli import spec_from_args
-    from .tables import format_row
+    from .loadcli import server_identity, spec_from_args
+    from .tables import connection_counts, format_row
 
     spec = spec_from_args(args)
     try:
@@ -40,10 +40,13 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     except (OSError, ValueError) as exc:
         raise UsageError(f"--tokens {args.tokens}: {getattr(exc, 'strerror', None) or exc}") from None
     _reachable(spec.url)
+    identity, warning = server_identity(spec.url, os.environ.get("SOCKET_ADMIN_TOKEN"))
+    if warning:
+        print(f"caplab load: warning: {warning}", file=sys.stderr)
     with abort_on_signals():
-        run_dir = run_load(spec, args.out, tokens, name=args.name)
+        run_dir = run_load(spec, args.out, tokens, name=args.name, manifest_fields=identity)
         run = read_run(run_dir)
-    print(format_row(benchmark_row(run.events, run.manifest)))
+    print(format_row(benchmark_row(run.events, run.manifest), connection_counts(run.events)))
     print(run_dir)
     return 0
 
@@ -100,7 +103,7 @@ def _show_run(run_dir: Path) -> int:
     cannot be computed is one line on stderr each."""
     from eventlog import benchmark_row, read_run, run_status
 
-    from .tables import format_row
+    from .tables import connection_counts, format_row
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -117,7 +120,7 @@ def _show_run(run_dir: Path) -> int:
     except Exception as exc:  # a damaged log: say why, after the manifest
         print(f"caplab runs: error: {run_dir.name}: no benchmark row: {_why_no_row(run, exc)}", file=sys.stderr)
         return 1
-    print(format_row(row))
+    print(format_row(row, connection_counts(run.events)))
     return 0
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 
 from pydantic import ValidationError
 
 from eventlog.load import DEFAULT_MIX
 from loadgen import LoadSpec
+from loadgen.spec import source_addrs
 
 from .errors import UsageError
 
@@ -56,7 +60,12 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ack-timeout", type=float, default=5.0, help="seconds before an ack counts as an error")
     p.add_argument("--workers", type=int, default=1, help="generator processes")
-    p.add_argument("--source-addrs", default="127.0.0.1", help="comma-separated 127.x source addresses")
+    p.add_argument(
+        "--source-addrs",
+        default=None,
+        help="comma-separated 127.x source addresses (default: one per 200 connections, 127.0.1.1, 127.0.1.2, ...,"
+        " as caplab run does: the optimized server limits connections per IP)",
+    )
     p.add_argument("--scrape", default=None, help="comma-separated node URLs to scrape (default: --url)")
     p.add_argument("--no-scrape", action="store_true", help="do not scrape /socket-metrics")
     p.add_argument("--seed", type=int, default=1, help="seed of the generator's random choices (default 1)")
@@ -132,7 +141,9 @@ def spec_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         "recover": args.recover,
         "ack_timeout_s": args.ack_timeout,
         "workers": args.workers,
-        "source_addrs": [a.strip() for a in args.source_addrs.split(",") if a.strip()],
+        "source_addrs": [a.strip() for a in args.source_addrs.split(",") if a.strip()]
+        if args.source_addrs is not None
+        else source_addrs(max(int(s["connections"]) for s in steps)),
         "scrape": [] if args.no_scrape else [u.strip() for u in (args.scrape or url).split(",") if u.strip()],
         "seed": args.seed,
     }
@@ -142,3 +153,63 @@ def spec_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = Non
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "load settings"
         raise UsageError(f"{where}: {err['msg']}") from None
+
+
+def server_identity(url: str, admin_token: str | None, timeout_s: float = 5.0) -> tuple[dict, str | None]:
+    """Manifest fields naming the configuration the node at ``url`` runs, read from the node itself,
+    and a warning when part of it could not be read.
+
+    The profile comes from ``/socket-metrics`` (open to scrapers); the toggles and every setting from
+    ``/socket-diagnostics``, which needs the admin token (``SOCKET_ADMIN_TOKEN``). Toggles that
+    differ from the profile's preset are recorded as ``set``, as ``caplab run`` records its ``--set``.
+    """
+    from server.settings import PROFILES
+
+    base = url.rstrip("/")
+    fields: dict = {}
+    try:
+        profile = _get_json(base + "/socket-metrics", None, timeout_s).get("node", {}).get("profile")
+    except (OSError, ValueError) as exc:
+        return fields, f"{base}/socket-metrics: {_why(exc)}: the run records no profile"
+    if isinstance(profile, str) and profile:
+        fields.update(profile=profile, label=profile)
+    if not admin_token:
+        return fields, (
+            "SOCKET_ADMIN_TOKEN is not set: the run records the profile but not the toggles and settings "
+            "(/socket-diagnostics needs the server's admin token), so caplab calibrate will refuse it"
+        )
+    try:
+        diag = _get_json(base + "/socket-diagnostics", admin_token, timeout_s)
+    except (OSError, ValueError) as exc:
+        return fields, (
+            f"{base}/socket-diagnostics: {_why(exc)}: the run records the profile but not the toggles and "
+            "settings, so caplab calibrate will refuse it"
+        )
+    settings = diag.get("settings") or {}
+    toggles = settings.get("toggles") or {}
+    preset = PROFILES.get(str(settings.get("profile")), {})
+    changed = {k: v for k, v in toggles.items() if bool(preset.get(k, False)) != bool(v)}
+    fields.update(
+        profile=settings.get("profile", fields.get("profile")),
+        server={"set": changed, "toggles": toggles, "settings": settings},
+    )
+    if changed:
+        fields["label"] = f"{fields['profile']} " + ",".join(f"{k}={'on' if v else 'off'}" for k, v in changed.items())
+    return fields, None
+
+
+def _get_json(url: str, token: str | None, timeout_s: float) -> dict:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        doc = json.loads(resp.read())
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    return doc
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code}" + (" (wrong admin token)" if exc.code in (401, 403) else "")
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -10,22 +10,13 @@ from pathlib import Path
 
 from eventlog import update_manifest
 from loadgen import LoadSpec, run_load
+from loadgen.spec import source_addrs
 from server.settings import build_settings
 
 from .scenario import Scenario, ServerSpec, WorkloadSpec
 from .servers import ServerProcess, create_users
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-CONNECTIONS_PER_SOURCE_ADDR = 200
-
-
-def source_addrs(connections: int) -> list[str]:
-    """Loopback source addresses so that no address carries more than 200 connections: real clients
-    come from many IPs, and the optimized profile limits connections per IP."""
-    k = max(1, -(-connections // CONNECTIONS_PER_SOURCE_ADDR))
-    return [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(k)]
 
 
 def load_spec(workload: WorkloadSpec, urls: list[str], seed: int = 1) -> LoadSpec:

@@ -17,6 +17,7 @@ ROW_FIELDS = (
     ("throughput_eps", "acked/s", "{:.0f}"),
     ("deliveries_per_s", "pushed/s", "{:.0f}"),
     ("error_rate_pct", "errors %", "{:.3f}"),
+    ("error_rate_run_pct", "errors % (run)", "{:.3f}"),
     ("peak_memory_mb", "peak MB", "{:.0f}"),
     ("mean_cpu_pct", "cpu %", "{:.0f}"),
     ("loop_lag_max_ms", "lag ms", "{:.1f}"),
@@ -35,14 +36,71 @@ def fmt(value: object, pattern: str = "{:.4g}") -> str:
     return str(value)
 
 
-def format_row(row: Mapping[str, Any]) -> str:
-    """A benchmark row as aligned ``name: value`` lines."""
+def connection_counts(df: pd.DataFrame) -> dict[str, Any]:
+    """Connections attempted, accepted and not (refused or failed), over the whole run: the generator's
+    reason for each failure (``connect_fail`` rows), and the servers' own refusals by reason (the
+    scraped ``refusals:<reason>`` counters, their growth during the run, summed over nodes).
+
+    The error rates of a benchmark row count the events of the steady window; connections refused
+    while ramping up show only here."""
+    kinds = df["kind"].astype(str)
+    fails = df[kinds == "connect_fail"]["name"].astype(str)
+    server: dict[str, float] = {}
+    samples = df[(kinds == "sample") & (df["node"] >= 0)] if "node" in df else df.iloc[:0]
+    names = samples["name"].astype(str)
+    first_scrape = samples.groupby("node")["t"].min() if len(samples) else pd.Series(dtype=float)
+    for (node, name), g in samples[names.str.startswith("refusals:")].groupby(["node", names], observed=True):
+        g = g.sort_values("t")
+        # a reason present at the node's first scrape had counted before the run: count from there
+        before = float(g["value"].iloc[0]) if g["t"].iloc[0] <= first_scrape.get(node, -math.inf) else 0.0
+        grown = float(g["value"].iloc[-1]) - before
+        if grown > 0:
+            reason = str(name).split(":", 1)[1]
+            server[reason] = server.get(reason, 0.0) + grown
+    return {
+        "attempted": int((kinds == "connect_start").sum()),
+        "accepted": int((kinds == "connect_ok").sum()),
+        "failed": len(fails),
+        "failed_by": {str(k): int(v) for k, v in fails.value_counts().items() if v},
+        "server_refusals": {k: int(v) for k, v in sorted(server.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def _by_reason(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def format_connections(c: Mapping[str, Any]) -> list[str]:
+    """``connection_counts`` as summary lines, with a warning when connections were not accepted."""
+    line = f"  {'connects':<16} {c['attempted']} attempted, {c['accepted']} accepted, {c['failed']} refused or failed"
+    if c["failed_by"]:
+        line += f" ({_by_reason(c['failed_by'])})"
+    lines = [line]
+    if c["server_refusals"]:
+        lines.append(f"  {'server refusals':<16} {_by_reason(c['server_refusals'])}")
+    if c["failed"]:
+        why = _by_reason(c["server_refusals"] or c["failed_by"])
+        hint = ""
+        if "limit_ip" in c["server_refusals"]:
+            hint = "; more source addresses (--source-addrs) spread clients under the per-IP limit"
+        lines.append(
+            f"  WARNING: {c['failed']} of {c['attempted']} connections were not accepted ({why}): "
+            f"the latency and steady error figures cover only the accepted ones{hint}"
+        )
+    return lines
+
+
+def format_row(row: Mapping[str, Any], connects: Mapping[str, Any] | None = None) -> str:
+    """A benchmark row as aligned ``name: value`` lines; with ``connects`` (:func:`connection_counts`),
+    what happened to the connections too."""
     lines = [f"run {row.get('run_id', '')} ({row.get('source', '')}, {row.get('profile', '') or 'profile n/a'})"]
     for key, label, pattern in ROW_FIELDS:
         value = fmt(row.get(key), pattern)
         if key == "max_stable_connections" and row.get("max_stable_is_lower_bound"):
             value = ">= " + value
         lines.append(f"  {label:<16} {value}")
+        if key == "connections" and connects is not None:
+            lines.extend(format_connections(connects))
     if row.get("recovered") or row.get("recovery_failures"):  # runs with recover: replays apart from pushes
         lines.append(
             f"  {'recovered':<16} {row.get('recovered', 0)} (rooms not recovered: {row.get('recovery_failures', 0)})"

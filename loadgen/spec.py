@@ -6,7 +6,17 @@ from pydantic import Field, field_validator, model_validator
 
 from eventlog.load import Load, Step
 
-__all__ = ["LoadSpec", "Step"]
+__all__ = ["CONNECTIONS_PER_SOURCE_ADDR", "LoadSpec", "Step", "source_addrs"]
+
+CONNECTIONS_PER_SOURCE_ADDR = 200
+
+
+def source_addrs(connections: int) -> list[str]:
+    """Loopback source addresses so that no address carries more than 200 connections: real clients
+    come from many IPs, and the optimized profile limits connections per IP (``caplab run`` and
+    ``caplab load`` both send from these)."""
+    k = max(1, -(-connections // CONNECTIONS_PER_SOURCE_ADDR))
+    return [f"127.0.{1 + i // 250}.{1 + i % 250}" for i in range(k)]
 
 
 class LoadSpec(Load):

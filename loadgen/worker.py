@@ -171,6 +171,9 @@ class Worker:
         except ConnectRefused as exc:
             self.connect_failed(vc, t_int, f"refused: {exc}")
             return
+        except aiohttp.WSServerHandshakeError as exc:  # the server answered the upgrade with an HTTP error
+            self.connect_failed(vc, t_int, f"{'refused: ' if 400 <= exc.status < 500 else ''}HTTP {exc.status}")
+            return
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.connect_failed(vc, t_int, type(exc).__name__)
             return
