@@ -1,0 +1,56 @@
+"""The what-if sweep gives the capacity answer's node count: a node never counts for more than its limit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from eventlog.capacity import NodeCapacity
+from lab.runner import run_scenario
+from lab.scenario import parse_scenario
+from model.parameters import Calibration
+
+REF = Path(__file__).parent.parent / "notebooks" / "data" / "reference" / "calibration-optimized.json"
+
+SWEEP = f"""\
+name: tiny-what-if
+question: how many optimized nodes carry 5000 connections at 0.2 events/s each within the SLO?
+kind: sweep
+slo: {{p95_ms: 120, error_rate_pct: 0.1}}
+workload:
+  companies: 10
+  steps: [{{connections: 5000, hold_s: 3}}]
+  events_per_second: 1000
+  mix: {{echo: 0.99, chat: 0.01}}
+  connect_rate: 5000
+simulate: {{calibration: {REF}, duration_s: 3, replications: 1, seed: 1}}
+sweep:
+  grid: {{nodes: [2, 3, 4]}}
+  target_connections: 5000
+report: false
+"""
+
+
+def test_sweep_skips_node_counts_over_the_limit_and_agrees_with_the_capacity_answer(tmp_path):
+    cal = Calibration.load(REF)
+    assert cal.conn_limits and cal.max_connections == 2000  # the reference optimized node refuses the 2001st
+    out = run_scenario(parse_scenario(SWEEP, "<tiny>"), tmp_path / "runs", tmp_path / "reports", quiet=True)
+    rows = pd.read_csv(out / "sweep.csv").set_index("nodes")
+    # 5000 connections on 2 nodes is 2500 each: the model is not asked, the row does not meet the SLO
+    assert bool(rows.loc[2, "over_node_limit"]) and not bool(rows.loc[2, "meets_slo"])
+    assert pd.isna(rows.loc[2, "p95_ms"])
+    assert not rows.loc[3, "over_node_limit"] and rows.loc[3, "meets_slo"], rows
+    sweep = json.loads((out / "model.json").read_text())["sweep"]
+    assert sweep["node_limit"] == 2000
+    # the same answer eventlog.capacity gives a node limited by its 2000 connections
+    assert sweep["with_n_plus_1"] == NodeCapacity((10_000,), node_limit=2000).nodes(5000) == 4
+
+
+def test_raising_the_limit_is_a_changed_setting(tmp_path):
+    text = SWEEP.replace("grid: {nodes: [2, 3, 4]}", "grid: {nodes: [2], max_connections: [3000]}")
+    out = run_scenario(parse_scenario(text, "<tiny>"), tmp_path / "runs", tmp_path / "reports", quiet=True)
+    rows = pd.read_csv(out / "sweep.csv")
+    assert not rows["over_node_limit"].iloc[0]  # 2500 per node is within the raised limit
+    assert json.loads((out / "model.json").read_text())["sweep"]["changed_settings"] == ["max_connections"]
