@@ -3,9 +3,26 @@
 Never imports ``server`` or ``loadgen``: it learns the server only through event logs.
 """
 
+from .executor import DaskExecutor, Executor, LocalExecutor, using
 from .parameters import Calibration, GcModel
-from .replications import confidence, replicate, simulate
+from .replications import Point, Replicas, confidence, replicate, replicate_points, simulate
 from .sim import Simulation
 from .workload import StepW, Workload
 
-__all__ = ["Calibration", "GcModel", "Simulation", "StepW", "Workload", "confidence", "replicate", "simulate"]
+__all__ = [
+    "Calibration",
+    "DaskExecutor",
+    "Executor",
+    "GcModel",
+    "LocalExecutor",
+    "Point",
+    "Replicas",
+    "Simulation",
+    "StepW",
+    "Workload",
+    "confidence",
+    "replicate",
+    "replicate_points",
+    "simulate",
+    "using",
+]

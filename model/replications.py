@@ -1,17 +1,19 @@
-"""Simulated runs in the event-log format, replications in parallel, confidence intervals."""
+"""Simulated runs in the event-log format, replications on an executor (model/executor.py), confidence intervals."""
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from eventlog import EventWriter, create_run, finish_run
+from eventlog import SLO, EventWriter, benchmark_row, create_run, finish_run, read_run
+from eventlog.projections import BenchmarkRow
 
+from .executor import Executor, LocalExecutor, current
 from .parameters import Calibration
 from .sim import NAMES, Simulation
 from .workload import Workload
@@ -51,19 +53,92 @@ def simulate(
     return run_dir
 
 
-def _one(args: tuple) -> str:
-    cal_json, wl_json, out, seed, nodes, name, extra = args
-    return str(
-        simulate(
-            Calibration.model_validate_json(cal_json),
-            Workload.model_validate_json(wl_json),
-            out,
-            seed,
-            nodes,
-            name,
-            extra,
-        )
+class Point(NamedTuple):
+    """One point to replicate: a calibration driven by a workload on ``nodes`` nodes."""
+
+    cal: Calibration
+    wl: Workload
+    nodes: int = 1
+    name: str = "sim"
+    extra: dict | None = None
+
+
+class Replicas(NamedTuple):
+    """A point's replications: their run folders and, when an SLO was given, their benchmark rows
+    (computed where each ran, so only the row travels back)."""
+
+    dirs: list[Path]
+    rows: list[BenchmarkRow]
+
+
+class Task(NamedTuple):
+    """One replication as it travels to a worker: plain data, no open files or frames."""
+
+    cal_json: str
+    wl_json: str
+    out: str
+    seed: int
+    nodes: int
+    name: str
+    extra: dict
+    row: bool  # compute the run's benchmark row where it ran
+    slo: dict | None  # for the row; None: the manifest's SLO
+
+
+def _one(task: Task) -> tuple[str, BenchmarkRow | None]:
+    """One replication, run wherever the executor puts it: its run folder and, if asked, its row."""
+    run_dir = simulate(
+        Calibration.model_validate_json(task.cal_json),
+        Workload.model_validate_json(task.wl_json),
+        task.out,
+        task.seed,
+        task.nodes,
+        task.name,
+        task.extra,
     )
+    if not task.row:
+        return str(run_dir), None
+    run = read_run(run_dir)
+    slo = SLO.model_validate(task.slo) if task.slo is not None else None
+    return str(run_dir), benchmark_row(run.events, run.manifest, slo)
+
+
+def replicate_points(
+    points: Sequence[Point],
+    out: Path | str,
+    replications: int = 5,
+    seed: int = 1,
+    *,
+    rows: bool = False,
+    slo: SLO | None = None,
+    executor: Executor | None = None,
+    workers: int | None = None,
+) -> list[Replicas]:
+    """Every point ``replications`` times (seeds seed, seed+1, ... for each: common random numbers),
+    all submitted at once to ``executor`` (default: the installed one, else a local process pool of
+    ``workers``). With ``rows`` (or an ``slo``), each task also returns its run's benchmark row, so
+    the caller need not read the runs back. ``out`` must be the same storage for every worker."""
+    run_on = executor or current(workers)
+    if not isinstance(run_on, LocalExecutor):  # a relative path means nothing on another host
+        out = Path(out).absolute()
+    tasks = [
+        Task(
+            p.cal.model_dump_json(),
+            p.wl.model_dump_json(),
+            str(out),
+            seed + r,
+            p.nodes,
+            p.name,
+            {**(p.extra or {}), "replication": r},
+            rows or slo is not None,
+            slo.model_dump() if slo is not None else None,
+        )
+        for p in points
+        for r in range(replications)
+    ]
+    done = run_on.map(_one, tasks)
+    groups = [done[i * replications : (i + 1) * replications] for i in range(len(points))]
+    return [Replicas([Path(d) for d, _ in g], [row for _, row in g if row is not None]) for g in groups]
 
 
 def replicate(
@@ -76,26 +151,16 @@ def replicate(
     name: str = "sim",
     extra: dict | None = None,
     workers: int | None = None,
+    *,
+    executor: Executor | None = None,
 ) -> list[Path]:
-    """``replications`` runs with seeds seed, seed+1, ... on a process pool (common random numbers:
-    two scenarios simulated with the same seeds share their random streams)."""
-    jobs = [
-        (
-            cal.model_dump_json(),
-            wl.model_dump_json(),
-            str(out),
-            seed + r,
-            nodes,
-            name,
-            {**(extra or {}), "replication": r},
-        )
-        for r in range(replications)
-    ]
-    workers = workers or min(replications, os.cpu_count() or 1)
-    if workers <= 1 or replications == 1:
-        return [Path(_one(j)) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
-        return [Path(p) for p in pool.map(_one, jobs)]
+    """``replications`` runs with seeds seed, seed+1, ... (common random numbers: two scenarios
+    simulated with the same seeds share their random streams), on ``executor`` (default: the installed
+    one, else a local process pool of ``workers``)."""
+    (reps,) = replicate_points(
+        [Point(cal, wl, nodes, name, extra)], out, replications, seed, executor=executor, workers=workers
+    )
+    return reps.dirs
 
 
 def confidence(values: list[float], level: float = 0.95) -> tuple[float, float]:
