@@ -13,7 +13,7 @@ from eventlog.manifest import ServerRecord
 from model import Calibration, Workload, confidence, replicate, simulate
 from model.calibrate import calibrate
 from model.sim import Simulation
-from model.usl import fit_usl, usl
+from model.usl import USL_MAX_PEAK_BEYOND, USL_MIN_R2, fit_usl, informative, usl, usl_text
 
 # the server settings a measured run's manifest records (the server's defaults)
 SERVER_SETTINGS = {
@@ -171,6 +171,25 @@ def test_usl_fit_recovers_its_parameters():
     assert fit["sigma"] == pytest.approx(0.05, rel=0.01) and fit["kappa"] == pytest.approx(0.002, rel=0.01)
     with pytest.raises(ValueError, match="three"):
         fit_usl([1, 2], [1, 2])
+
+
+def test_usl_fit_on_an_open_loop_ramp_is_not_informative():
+    """Throughput that follows the offered rate (an open-loop ramp below saturation) gives a fit whose
+    peak lies far beyond the points: it is shown as a reason, never as numbers."""
+    n = np.array([50, 100, 200, 200])
+    ramp = fit_usl(n, np.array([25.0, 50.0, 100.0, 400.0]))  # the last step raised the rate, not the connections
+    verdict = informative(ramp)
+    assert isinstance(verdict, str) and f"< {USL_MIN_R2:g}" in verdict and "the highest load tried (200" in verdict
+    assert usl_text(ramp).startswith("not informative: R2 ")
+    assert "peak at" not in usl_text(ramp).split(";")[0]
+    n = np.array([1, 2, 4, 8, 16, 32, 64])
+    good = fit_usl(n, usl(n, 100.0, 0.05, 0.002))
+    assert informative(good) is good and usl_text(good).startswith("sigma 0.05, kappa 0.002, peak at 21.8 connections")
+    # a good fit whose peak lies beyond 10x the loads tried is not shown either
+    far = fit_usl(n, usl(n, 100.0, 0.001, 1e-7))
+    assert far["r2"] > USL_MIN_R2 and far["peak_load"] > USL_MAX_PEAK_BEYOND * 64
+    assert "x the highest load tried (64" in str(informative(far))
+    assert informative({"error": "needs three points"}) == "the fit failed: needs three points"
 
 
 def test_redis_fanout_is_served_in_fifo_order_across_nodes(tmp_path):
