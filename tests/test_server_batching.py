@@ -113,3 +113,38 @@ async def test_baseline_sends_plain_events(start_server):
     events = await a.wait_events(1)
     assert events[0][0] == "chat"
     await a.close()
+
+
+def test_next_flush_is_due_on_the_fixed_grid():
+    from server.batching import next_due
+
+    assert next_due(1.0, 1.02, 0.1) == 1.1  # on time: the next tick one window on
+    assert next_due(1.0, 1.09, 0.1) == 1.1  # a slow flush does not push the grid back
+    assert abs(next_due(1.0, 1.35, 0.1) - 1.4) < 1e-12  # ticks missed while busy are skipped, not bunched
+
+
+async def test_flush_tick_keeps_its_rate_when_flushes_take_time():
+    """The server flushed with sleep(window); flush(), so a flush costing 40 % of the window made the period
+    1.4 windows; on the fixed-rate tick the flushes stay one window apart on average."""
+    from server.batching import Batcher
+    from server.metrics import Metrics
+
+    window, cost, seconds = 0.05, 0.02, 1.5
+    batcher = Batcher(lambda sid, packets: True, 50, 1 << 20, window, 0, Metrics())
+    ticks: list[float] = []
+
+    def slow_flush() -> int:
+        ticks.append(time.perf_counter())
+        end = time.perf_counter() + cost
+        while time.perf_counter() < end:  # the loop is busy, as with a real flush
+            pass
+        return 0
+
+    batcher.flush = slow_flush  # type: ignore[method-assign]
+    task = asyncio.create_task(batcher.run())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    period = (ticks[-1] - ticks[0]) / (len(ticks) - 1)
+    # fixed rate: 0.05 s (a loaded machine can only skip ticks, which shows as a longer period);
+    # the old sleep-then-flush: 0.07 s or more
+    assert period < 0.058, f"mean flush period {period * 1000:.1f} ms for a {window * 1000:.0f} ms window"
