@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError, one_line
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
     from server.__main__ import main as server_main
 
-    return server_main(rest)
+    return server_main(rest, prog="caplab serve")
 
 
 def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
@@ -241,6 +241,8 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import benchmark_row, companies_needed, read_run
     from model import Workload, confidence, replicate
 
+    from .tables import connection_counts
+
     cal = _calibration(args.calibration)
     if args.connections < 1 or args.rate < 0 or args.duration <= 0:
         raise UsageError("--connections >= 1, --events-per-connection >= 0 and --duration > 0 are required")
@@ -260,19 +262,62 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
         err = exc.errors()[0]
         raise UsageError(f"{'.'.join(str(x) for x in err['loc']) or 'load'}: {err['msg']}") from None
     dirs = replicate(cal, wl, args.out, args.replications, args.seed, nodes=args.nodes, name="simulate")
-    rows = [benchmark_row(r.events, r.manifest) for r in map(read_run, dirs)]
+    runs = [read_run(d) for d in dirs]
+    rows: list[dict[str, Any]] = [dict(benchmark_row(r.events, r.manifest)) for r in runs]
+    connects = [connection_counts(r.events) for r in runs]
+    for row, c in zip(rows, connects, strict=True):
+        row["connections_refused"] = c["failed"]
     total = f"total of {args.nodes} nodes" if args.nodes > 1 else "one node"
-    notes = {"mean_cpu_pct": f"% of one core, {total}", "peak_memory_mb": total}
-    for m in ("p50_ms", "p95_ms", "p99_ms", "throughput_eps", "mean_cpu_pct", "peak_memory_mb", "error_rate_pct"):
+    notes = {
+        "mean_cpu_pct": f"% of one core, {total}",
+        "peak_memory_mb": total,
+        "error_rate_pct": "events of the steady window",
+        "error_rate_run_pct": "whole run, refused connections counted",
+        "connections_refused": f"of {args.connections} attempted",
+    }
+    metrics = ["p50_ms", "p95_ms", "p99_ms", "throughput_eps", "mean_cpu_pct", "peak_memory_mb", "error_rate_pct"]
+    metrics += ["error_rate_run_pct", "connections_refused"]
+    for m in metrics:
         mean, half = confidence([r[m] for r in rows])
-        ci = f"+- {half:.2f} (95 % CI, {len(rows)} replications)" if math.isfinite(half) else "+- n/a"
+        if len(rows) < 2:
+            ci = "(1 replication: no spread)"
+        else:
+            ci = f"+- {half:.2f} (95 % CI, {len(rows)} replications)" if math.isfinite(half) else "+- n/a"
         note = f"; {notes[m]}" if m in notes else ""
-        print(f"{m:<16} {mean:10.2f} {ci}{note}")
+        print(f"{m:<20} {mean:10.2f} {ci}{note}")
+    refused = [c["failed"] for c in connects]
+    if any(refused):
+        reasons: dict[str, int] = {}
+        for c in connects:
+            for k, v in c["failed_by"].items():
+                reasons[k] = reasons.get(k, 0) + v
+        why = ", ".join(f"{k}: {v / len(rows):g} per replication" for k, v in reasons.items())
+        print(
+            f"WARNING: connections were refused in {sum(1 for r in refused if r)} of {len(rows)} replications "
+            f"({why}; limits of the calibrated node: {cal.max_connections} per node, {cal.max_per_company} per "
+            "company): latency, CPU and memory cover only the accepted connections; add --nodes"
+        )
     if len(rows) < 2:
-        print("(one replication: no confidence interval; pass --replications 3 or more for one)")
+        print("(1 replication: no spread; pass --replications 3 or more for a confidence interval)")
     for d in dirs:
         print(d)
     return 0
+
+
+class _DeprecatedRate(argparse.Action):
+    """``--rate``: the old spelling of ``--events-per-connection``, kept working with a warning (``caplab load``'s
+    ``--events-per-second`` is a total rate; this one is per connection)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, opt: str | None = None
+    ) -> None:
+        if opt == "--rate":
+            print(
+                "caplab simulate: warning: --rate is deprecated: it is --events-per-connection (events per second "
+                "per connection; caplab load's --events-per-second is the total)",
+                file=sys.stderr,
+            )
+        setattr(namespace, self.dest, values)
 
 
 def _calibration(path: str) -> Calibration:
@@ -379,11 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="rate",
         type=float,
         required=True,
-        help="events per second per connection (the total rate is this times --connections)",
+        action=_DeprecatedRate,
+        help="events per second per connection (the total rate is this times --connections; "
+        "--rate is the deprecated spelling)",
     )
     s.add_argument("--duration", type=float, required=True, help="simulated seconds to hold the connections")
     s.add_argument(
-        "--replications", type=int, default=1, help="independent runs with seeds SEED, SEED+1, ... (default 1: no CI)"
+        "--replications",
+        type=int,
+        default=3,
+        help="independent runs with seeds SEED, SEED+1, ... (default 3; their spread is the 95 %% confidence interval)",
     )
     s.add_argument("--seed", type=int, default=1, help="seed of the first replication (default 1)")
     s.add_argument("--nodes", type=int, default=1, help="server nodes sharing the connections (default 1)")

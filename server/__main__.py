@@ -17,10 +17,15 @@ from collections.abc import Callable
 from .settings import PROFILES, SettingsError, build_settings, parse_overrides
 
 
-def _serve_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m server", description="Run one node of the reference server.")
-    p.add_argument("--profile", choices=sorted(PROFILES), default="baseline")
-    p.add_argument("--host", default="127.0.0.1")
+def _serve_parser(prog: str = "python -m server") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Run one node of the reference server.")
+    p.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="baseline",
+        help="baseline: every toggle off (default); optimized: all on",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--db", default="caplab.db", help="SQLite file (created and migrated if needed)")
     p.add_argument("--node", type=int, default=0, help="node id reported in metrics")
@@ -34,17 +39,17 @@ def _serve_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _users_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m server users", description="Create companies and users.")
-    p.add_argument("--db", required=True)
-    p.add_argument("--companies", type=int, required=True)
+def _users_parser(prog: str = "python -m server users") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Create companies and users.")
+    p.add_argument("--db", required=True, help="SQLite file (created and migrated if needed)")
+    p.add_argument("--companies", type=int, required=True, help="companies to create")
     p.add_argument("--users", type=int, required=True, help="users per company")
     p.add_argument("--ttl", type=float, default=30 * 86400, help="token lifetime in seconds")
     return p
 
 
-def users_main(argv: list[str]) -> int:
-    args = _users_parser().parse_args(argv)
+def users_main(argv: list[str], prog: str = "python -m server users") -> int:
+    args = _users_parser(prog).parse_args(argv)
     if args.companies < 1 or args.users < 1:
         print("error: --companies and --users must be at least 1", file=sys.stderr)
         return 2
@@ -94,11 +99,12 @@ async def serve(settings) -> None:
     await runner.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m server") -> int:
+    """``prog`` names the command in usage and errors (``caplab serve`` runs this too)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["users"]:
-        return users_main(argv[1:])
-    args = _serve_parser().parse_args(argv)
+        return users_main(argv[1:], f"{prog} users")
+    args = _serve_parser(prog).parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
         settings = build_settings(

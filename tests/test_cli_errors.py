@@ -42,7 +42,7 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-SIMULATE = ["--connections", "10", "--rate", "1", "--duration", "1"]
+SIMULATE = ["--connections", "10", "--events-per-connection", "1", "--duration", "1"]
 
 
 def test_simulate_with_a_missing_calibration(tmp_path):
@@ -118,15 +118,42 @@ CAL = {"cpu_per_event_s": 1e-4, "memory_base_bytes": 50e6, "memory_per_connectio
 def test_simulate_with_one_replication_prints_no_nan_and_says_what_cpu_and_memory_cover(tmp_path):
     (tmp_path / "cal.json").write_text(json.dumps(CAL))
     args = ["simulate", "--calibration", "cal.json", "--connections", "20", "--duration", "3", "--out", "sims"]
-    res = caplab(*args, "--events-per-connection", "1", "--nodes", "2", cwd=tmp_path)
+    res = caplab(*args, "--events-per-connection", "1", "--nodes", "2", "--replications", "1", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "nan" not in res.stdout and "+- n/a" in res.stdout and "one replication" in res.stdout
+    assert "nan" not in res.stdout and "+-" not in res.stdout and "(1 replication: no spread)" in res.stdout
     assert "mean_cpu_pct" in res.stdout and "total of 2 nodes" in res.stdout
-    res = caplab(*args, "--rate", "1", "--replications", "2", cwd=tmp_path)  # the old name still works
+    assert "deprecated" not in res.stderr
+    res = caplab(*args, "--rate", "1", cwd=tmp_path)  # the default: 3 replications; the old name still works
     assert res.returncode == 0, res.stderr
-    assert "nan" not in res.stdout and "(95 % CI, 2 replications)" in res.stdout and "one node" in res.stdout
-    res = caplab(*args, "--rate", "1", "--replications", "0", cwd=tmp_path)
+    assert "nan" not in res.stdout and "(95 % CI, 3 replications)" in res.stdout and "one node" in res.stdout
+    assert res.stderr.startswith("caplab simulate: warning: --rate is deprecated: it is --events-per-connection")
+    res = caplab(*args, "--events-per-connection", "1", "--replications", "0", cwd=tmp_path)
     one_line_error(res, "simulate", "--replications")
+
+
+def test_simulate_says_when_connections_are_refused(tmp_path):
+    """Over the calibrated node's limit the model refuses connections; the summary used to print
+    error_rate_pct 0.00 and nothing else."""
+    (tmp_path / "cal.json").write_text(json.dumps({**CAL, "conn_limits": True, "max_connections": 30}))
+    args = ["simulate", "--calibration", "cal.json", "--connections", "40", "--duration", "3", "--out", "sims"]
+    res = caplab(*args, "--events-per-connection", "1", "--replications", "2", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = {line.split()[0]: line for line in res.stdout.splitlines() if line.strip()}
+    assert lines["connections_refused"].split()[1] == "10.00", res.stdout
+    assert float(lines["error_rate_run_pct"].split()[1]) > 0, res.stdout
+    assert "WARNING: connections were refused in 2 of 2 replications" in res.stdout
+    assert "server connection limit reached: 10 per replication" in res.stdout
+    assert "30 per node" in res.stdout
+
+
+def test_serve_help_names_caplab_serve():
+    for args, usage in (
+        (["serve", "--help"], "usage: caplab serve "),
+        (["serve", "users", "--help"], "usage: caplab serve users "),
+    ):
+        res = caplab(*args, cwd=ROOT)
+        assert res.returncode == 0 and res.stdout.startswith(usage), res.stdout
+        assert "python -m server" not in res.stdout
 
 
 def test_every_option_of_every_command_says_what_it_is():
