@@ -136,12 +136,16 @@ def _why_no_row(run: Run, exc: Exception) -> str:
 def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     from loadgen.launch import abort_on_signals
 
+    from .executor import cluster_address, runs_root
     from .runner import run_scenario
 
     sc = validated_scenario(args.scenario)
     reuse = [_measured_run(p) for p in args.reuse] if args.reuse else None
+    cluster = cluster_address(args.cluster, sc.cluster)
     with abort_on_signals():
-        out_dir = run_scenario(sc, Path(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse)
+        out_dir = run_scenario(
+            sc, runs_root(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse, cluster=cluster
+        )
     print(f"outputs: {out_dir}")
     pdf = out_dir / "report.pdf"
     print(pdf if pdf.exists() else out_dir)
@@ -216,11 +220,18 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
             "simulations from this calibration are rough",
             file=sys.stderr,
         )
+    for w in cal.fit_warnings():
+        print(f"caplab calibrate: warning: {w}", file=sys.stderr)
     print(
         f"cpu/event {cal.cpu_per_event_s * 1e6:.1f} us, per delivery {cal.cpu_per_delivery_s * 1e6:.2f} us, "
         f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.1f} KB/connection, "
-        f"CPU fit R2 {fit.get('r2', float('nan')):.3f} on {fit.get('n_samples', 0)} samples"
+        f"CPU fit R2 {fit.get('r2', float('nan')):.3f} on {fit.get('n_samples', 0)} samples, "
+        f"condition number {fit.get('condition_number', float('nan')):.1f}"
     )
+    for name, p in (fit.get("params") or {}).items():
+        se = p.get("se")
+        se_text = f" +- {se * 1e6:.2f}" if se is not None and math.isfinite(se) else " (at its bound: no SE)"
+        print(f"  {name:<28} {p['value'] * 1e6:10.2f}{se_text} us (1 SE)")
     print(args.out)
     return 0
 
@@ -241,6 +252,7 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import benchmark_row, companies_needed, read_run
     from model import Workload, confidence, replicate
 
+    from .executor import cluster_address, runs_root, simulations_on
     from .tables import connection_counts
 
     cal = _calibration(args.calibration)
@@ -261,7 +273,9 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise UsageError(f"{'.'.join(str(x) for x in err['loc']) or 'load'}: {err['msg']}") from None
-    dirs = replicate(cal, wl, args.out, args.replications, args.seed, nodes=args.nodes, name="simulate")
+    root = runs_root(args.out)
+    with simulations_on(cluster_address(args.cluster), root, "replications"):
+        dirs = replicate(cal, wl, root, args.replications, args.seed, nodes=args.nodes, name="simulate")
     runs = [read_run(d) for d in dirs]
     rows: list[dict[str, Any]] = [dict(benchmark_row(r.events, r.manifest)) for r in runs]
     connects = [connection_counts(r.events) for r in runs]
@@ -368,6 +382,13 @@ def cmd_report(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+CLUSTER_HELP = (
+    "run the simulations on the Dask scheduler there (default: DASK_SCHEDULER_ADDRESS, then the scenario's "
+    "'cluster:', else the local process pool; 'local' forces the pool); the runs folder must be shared storage "
+    "at the same path on every worker"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from eventlog.load import DEFAULT_MIX
 
@@ -402,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reports", default="reports", help="folder for outputs and PDFs (default reports/)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--reuse", nargs="+", metavar="RUN", help="analyse these measured runs instead of measuring")
+    s.add_argument("--cluster", metavar="tcp://HOST:PORT", help=CLUSTER_HELP)
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("calibrate", parents=[common], help="fit the model from measured runs (or a live server)")
     s.add_argument("run", nargs="*", help="measured run folders of one server configuration")
@@ -442,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--connect-rate", type=float, default=1000.0, help="new connections per second (default 1000)")
     s.add_argument("--out", default="runs", help="folder for the simulated run folders (default runs/)")
+    s.add_argument("--cluster", metavar="tcp://HOST:PORT", help=CLUSTER_HELP)
     s.set_defaults(func=cmd_simulate)
     s = sub.add_parser("report", parents=[common], help="rebuild the PDF report of a scenario's output folder")
     s.add_argument("outputs", help="reports/NAME")

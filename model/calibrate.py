@@ -1,14 +1,23 @@
 """Fit the model's parameters from event logs (the scraped server counters and client latencies).
 
-- CPU: non-negative least squares of the per-interval CPU rate on event, delivery, batch, connect
-  and live-connection rates (samples where the loop was below 90 % busy).
+- CPU: non-negative least squares of the per-interval CPU rate on event, delivery, packet, connect,
+  live-connection and (several nodes) Redis publish/receive rates (samples where the loop was below
+  90 % busy). Each cost comes with its standard error, and the design with its condition number
+  (columns scaled to unit length): above ``ILL_CONDITIONED`` the regressors move together and the
+  split of CPU among them is not identified, which the calibration file says (``fit.cpu.warnings``).
+  When the server counts its collector's time (``gc_pause_s``), that time is taken out of the CPU
+  before the fit and the model adds it back as pause jobs; otherwise it stays inside the fitted
+  costs and the model adds no pauses. Never both.
 - Memory: RSS against live connections (least squares line).
 - GC: collections per inbound event, and a scipy.stats fit of the pause lengths (lognorm, gamma,
-  expon), the best by the Kolmogorov-Smirnov statistic, with its p-value.
+  expon), the best by the Kolmogorov-Smirnov statistic; when even the best is rejected (p < 0.05),
+  the empirical distribution (its quantiles) instead.
 - Base latency: median ack latency of the first step's counted window, less the CPU per event.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +27,20 @@ from eventlog import Run, steps
 
 from .parameters import Calibration, GcModel
 
-REGRESSORS = ("events_in", "events_out", "batches", "connects", "connections")
+REGRESSORS = ("events_in", "events_out", "packets", "connects", "connections", "published", "received")
+# regressor -> the Calibration field its cost goes to
+COST_FIELD = {
+    "idle": "cpu_idle_s_per_s",
+    "events_in": "cpu_per_event_s",
+    "events_out": "cpu_per_delivery_s",
+    "packets": "cpu_per_packet_s",
+    "connects": "cpu_per_connect_s",
+    "connections": "cpu_per_connection_s_per_s",
+    "published": "cpu_per_publish_s",
+    "received": "cpu_per_receive_s",
+}
+ILL_CONDITIONED = 30.0  # Belsley, Kuh and Welsch: a scaled condition number above 30 is strong collinearity
+GC_KS_ALPHA = 0.05  # a parametric pause distribution rejected at this level is replaced by the empirical one
 
 # Server settings that shape the model's behaviour: read from the runs' manifests, never assumed.
 SETTINGS_USED = (
@@ -63,35 +85,114 @@ def rates(wide: pd.DataFrame) -> pd.DataFrame:
         g = g.sort_values("t")
         dt = g["t"].diff()
         r = pd.DataFrame({"t": g["t"], "node": g["node"], "dt": dt})
-        for col in ("cpu_seconds", "events_in", "events_out", "packets_out", "connects", "gc_collections"):
+        for col in (
+            "cpu_seconds",
+            "events_in",
+            "events_out",
+            "packets_out",
+            "connects",
+            "gc_collections",
+            "redis_published",
+            "redis_received",
+        ):
             r[col] = g[col].diff() / dt if col in g else 0.0
-        r["batches"] = (
-            (r["packets_out"] - r["events_in"]).clip(lower=0) if "batches" not in g else g["batches"].diff() / dt
-        )
+        # the collector's own time, when the server counts it (cumulative seconds of pauses)
+        r["gc_pause_s"] = g["gc_pause_s"].diff() / dt if "gc_pause_s" in g else np.nan
+        # room packets written to sockets (batches with batching, deliveries without): the server's
+        # packets_out also counts one ack per inbound event, whose cost is the event's
+        r["packets"] = (r["packets_out"] - r["events_in"]).clip(lower=0)
+        r["published"], r["received"] = r["redis_published"], r["redis_received"]
         r["connections"] = g.get("connections", 0.0)
         r["rss_bytes"] = g.get("rss_bytes", np.nan)
         out.append(r.iloc[1:])
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def fit_cpu(r: pd.DataFrame, batching: bool) -> tuple[dict, dict]:
+def fit_cpu(r: pd.DataFrame) -> tuple[dict, dict]:
+    """NNLS of the CPU rate (less the collector's time, when counted) on the regressors that moved.
+
+    Returns the costs (``COST_FIELD`` names, 0 for a regressor not fitted) and the fit's quality:
+    R2, each cost's standard error (OLS on the costs NNLS kept), the scaled condition number, the
+    regressors that duplicated another, and warnings a reader must see."""
     use = r[(r["cpu_seconds"] < 0.9) & (r["dt"] > 0.5)].dropna(subset=["cpu_seconds"])
-    names = [n for n in REGRESSORS if n != "batches" or batching]
-    names = [n for n in names if use[n].fillna(0).abs().sum() > 0]  # a regressor that never moved fits nothing
-    X = np.column_stack([np.ones(len(use))] + [use[n].fillna(0).to_numpy() for n in names])
-    y = use["cpu_seconds"].to_numpy()
+    gc_excluded = "gc_pause_s" in use and bool(use["gc_pause_s"].notna().all()) and len(use) > 0
+    y = use["cpu_seconds"].to_numpy() - (use["gc_pause_s"].to_numpy() if gc_excluded else 0.0)
+    names = [n for n in REGRESSORS if n in use and use[n].fillna(0).abs().sum() > 0]  # a regressor that never moved
+    warnings: list[str] = []
+    dropped: dict[str, str] = {}
+    cols = {n: use[n].fillna(0).to_numpy() for n in names}
+    for i, a in enumerate(list(names)):  # an exact duplicate (packets = deliveries without batching) fits nothing
+        for b in names[:i]:
+            if b in cols and a in cols and np.allclose(cols[a], cols[b], rtol=1e-6, atol=1e-9):
+                dropped[a] = b
+                del cols[a]
+                break
+    names = [n for n in names if n in cols]
+    if dropped:
+        warnings.append(
+            "not separable (always equal): "
+            + ", ".join(f"{a} = {b} (its cost is inside {b}'s)" for a, b in dropped.items())
+        )
     if len(use) < len(names) + 2:
         raise ValueError(f"too few unsaturated samples to fit CPU ({len(use)}); measure longer or at lower load")
+    X = np.column_stack([np.ones(len(use))] + [cols[n] for n in names])
     coef, _ = optimize.nnls(X, y)
     pred = X @ coef
     ss_res = float(((y - pred) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum()) or 1e-12
-    params = dict.fromkeys(REGRESSORS, 0.0) | dict(zip(["idle", *names], coef.tolist(), strict=True))
+    labels = ["idle", *names]
+    # identifiability: the condition number of the design with unit-length columns (units do not matter)
+    norms = np.linalg.norm(X, axis=0)
+    cond = float(np.linalg.cond(X / np.where(norms > 0, norms, 1.0))) if X.shape[1] > 1 else 1.0
+    # standard errors: OLS covariance on the costs NNLS kept (those at the bound have none)
+    se = dict.fromkeys(labels, float("nan"))
+    active = [i for i, c in enumerate(coef) if c > 0]
+    dof = len(y) - len(active)
+    if active and dof > 0:
+        Xa = X[:, active]
+        sigma2 = ss_res / dof
+        try:
+            cov = sigma2 * np.linalg.inv(Xa.T @ Xa)
+            for j, i in enumerate(active):
+                se[labels[i]] = float(np.sqrt(max(cov[j, j], 0.0)))
+        except np.linalg.LinAlgError:
+            pass
+    if cond > ILL_CONDITIONED:
+        corr = np.corrcoef(X[:, 1:], rowvar=False) if len(names) > 1 else np.ones((1, 1))
+        pairs = [
+            f"{names[i]}~{names[j]} {corr[i, j]:.2f}"
+            for i in range(len(names))
+            for j in range(i + 1, len(names))
+            if abs(corr[i, j]) > 0.9
+        ]
+        warnings.append(
+            f"ill-conditioned CPU fit: condition number {cond:.0f} > {ILL_CONDITIONED:.0f}"
+            + (f" (regressors moving together: {', '.join(pairs)})" if pairs else "")
+            + "; how the CPU splits among them is not identified, predictions off these runs' path are unreliable "
+            "(calibrate on steps that vary them independently: scenarios/validation.yaml)"
+        )
+    loose = [
+        n for n, c in zip(labels, coef, strict=True) if n != "idle" and c > 0 and np.isfinite(se[n]) and se[n] > 0.5 * c
+    ]
+    if loose:
+        warnings.append(f"costs with standard error over half their value: {', '.join(loose)}")
+    at_bound = [n for n, c in zip(labels, coef, strict=True) if n != "idle" and c == 0]
+    if at_bound:
+        warnings.append(f"costs fitted at 0 (the non-negativity bound): {', '.join(at_bound)}")
+    params = {COST_FIELD[n]: 0.0 for n in ("idle", *REGRESSORS)} | {
+        COST_FIELD[n]: float(c) for n, c in zip(labels, coef, strict=True)
+    }
     quality = {
         "r2": 1 - ss_res / ss_tot,
         "n_samples": len(use),
         "residual_sd": float(np.sqrt(ss_res / len(use))),
         "regressors": names,
+        "params": {COST_FIELD[n]: {"value": float(c), "se": se[n]} for n, c in zip(labels, coef, strict=True)},
+        "condition_number": cond,
+        "ill_conditioned": cond > ILL_CONDITIONED,
+        "not_separable": dropped,
+        "gc_excluded": gc_excluded,
+        "warnings": warnings,
     }
     return params, quality
 
@@ -108,30 +209,42 @@ def fit_memory(r: pd.DataFrame) -> tuple[float, float, dict]:
     )
 
 
-def fit_gc(df: pd.DataFrame, r: pd.DataFrame) -> GcModel:
+def fit_gc(df: pd.DataFrame, r: pd.DataFrame, cpu_excluded: bool = False) -> GcModel:
     pauses = df[(df["kind"] == "sample") & df["name"].astype(str).str.startswith("gc_pause_gen")]["value"].to_numpy()
     events = float((r["events_in"] * r["dt"]).sum())
     collections = float((r["gc_collections"] * r["dt"]).sum()) if "gc_collections" in r else 0.0
     if pauses.size < 5 or events <= 0:
         return GcModel(n_pauses=int(pauses.size))
     pauses = np.clip(pauses, 1e-7, None)
-    best = None
+    candidates: dict[str, tuple] = {}
     for name in ("lognorm", "gamma", "expon"):
         dist = getattr(stats, name)
         params = dist.fit(pauses, floc=0)
         ks = stats.kstest(pauses, name, args=params)
-        if best is None or ks.statistic < best[2]:
-            best = (name, params, ks.statistic, ks.pvalue)
-    assert best is not None  # three candidates were tried
-    name, params, _, p = best
+        candidates[name] = (params, float(ks.statistic), float(ks.pvalue))
+    name = min(candidates, key=lambda k: candidates[k][1])
+    params, _, p = candidates[name]
+    out_params = [float(x) for x in params]
+    if p < GC_KS_ALPHA:  # every parametric shape is rejected: sample the measured pauses themselves
+        name, out_params = "empirical", [float(x) for x in np.quantile(pauses, np.linspace(0, 1, 201))]
+        p = float(stats.kstest(pauses, empirical_cdf(out_params)).pvalue)
     return GcModel(
         collections_per_event=collections / events,
         dist=name,
-        params=[float(x) for x in params],
+        params=out_params,
         ks_pvalue=float(p),
         n_pauses=int(pauses.size),
         mean_pause_s=float(pauses.mean()),
+        cpu_excluded=cpu_excluded,
+        candidates={k: v[2] for k, v in candidates.items()},
     )
+
+
+def empirical_cdf(quantiles: list[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """The CDF of the distribution whose quantiles at 0, 1/k, ..., 1 are ``quantiles`` (linear between)."""
+    q = np.asarray(quantiles, float)
+    levels = np.linspace(0, 1, q.size)
+    return lambda x: np.interp(x, q, levels)
 
 
 def base_latency(df: pd.DataFrame, cpu_per_event: float) -> float:
@@ -159,25 +272,28 @@ def calibrate(runs: list[Run]) -> Calibration:
     r = pd.concat([rates(node_series(run.events)) for run in runs], ignore_index=True)
     if r.empty:
         raise ValueError("the runs hold no scraped server samples (was /socket-metrics scraped?)")
-    cpu, cpu_q = fit_cpu(r, batching)
+    cpu, cpu_q = fit_cpu(r)
     mem_base, mem_conn, mem_q = fit_memory(r)
-    gc = fit_gc(pd.concat([run.events for run in runs]), r)
-    base = float(np.median([base_latency(run.events, cpu["events_in"]) for run in runs]))
+    gc = fit_gc(pd.concat([run.events for run in runs]), r, cpu_excluded=cpu_q["gc_excluded"])
+    base = float(np.median([base_latency(run.events, cpu["cpu_per_event_s"]) for run in runs]))
     assumptions = [
         "service times are gamma distributed with coefficient of variation 1 (not fitted)",
         "per-event CPU is one mean over the measured event mix",
-        "Redis publish cost and round trip are not fitted from single-node runs (cost = 0, rtt = 0.5 ms)",
         "baseline's per-socket leak is not fitted unless the runs had churn (leak = 0 otherwise)",
     ]
+    if "published" not in cpu_q["regressors"]:
+        assumptions.append("Redis publish/receive costs not fitted (no multi-node runs with Redis counters): 0")
+    if "packets" in cpu_q["not_separable"]:
+        assumptions.append(
+            "every delivery was its own packet in these runs: the write cost is inside the per-delivery cost, "
+            "so a batching prediction from this calibration over-charges batched deliveries"
+        )
+    if not cpu_q["gc_excluded"]:
+        assumptions.append("the collector's time is inside the fitted CPU costs (no pause jobs are simulated)")
     return Calibration(
         profile=m.profile,
         toggles=toggles,
-        cpu_idle_s_per_s=cpu["idle"],
-        cpu_per_event_s=max(cpu["events_in"], 1e-7),
-        cpu_per_delivery_s=cpu["events_out"],
-        cpu_per_packet_s=cpu.get("batches", 0.0),
-        cpu_per_connect_s=cpu["connects"],
-        cpu_per_connection_s_per_s=cpu["connections"],
+        **(cpu | {"cpu_per_event_s": max(cpu["cpu_per_event_s"], 1e-7)}),
         base_latency_s=base,
         memory_base_bytes=mem_base,
         memory_per_connection_bytes=mem_conn,

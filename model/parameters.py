@@ -9,14 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class GcModel(BaseModel):
+    """Collector pauses. Counted once: the model adds pause jobs only when the CPU fit had the
+    collector's time taken out (``cpu_excluded``); otherwise the collector is inside the fitted costs."""
+
     model_config = ConfigDict(extra="forbid")
 
     collections_per_event: float = Field(0.0, ge=0, description="collections per inbound event")
-    dist: str = Field("expon", description="scipy.stats distribution of pause seconds")
+    dist: str = Field(
+        "expon", description="scipy.stats distribution of pause seconds, or 'empirical' (params: quantiles 0..1)"
+    )
     params: list[float] = Field(default_factory=lambda: [0.0, 0.001])
     ks_pvalue: float | None = None
     n_pauses: int = 0
     mean_pause_s: float = 0.0
+    cpu_excluded: bool = Field(False, description="the CPU fit excluded collector time: pauses are jobs of their own")
+    candidates: dict[str, float] = Field(default_factory=dict, description="KS p-value of each parametric fit tried")
 
 
 class Calibration(BaseModel):
@@ -30,10 +37,13 @@ class Calibration(BaseModel):
     cpu_idle_s_per_s: float = Field(0.0, ge=0, description="background CPU per second, not on the loop")
     cpu_per_event_s: float = Field(gt=0, description="handler + ack per inbound event")
     cpu_per_delivery_s: float = Field(0.0, ge=0, description="per recipient of a room event")
-    cpu_per_packet_s: float = Field(0.0, ge=0, description="per outbound batch packet (batching only)")
+    cpu_per_packet_s: float = Field(
+        0.0, ge=0, description="per packet written to a socket: a batch with batching, every delivery without"
+    )
     cpu_per_connect_s: float = Field(0.0, ge=0, description="per accepted connection, auth included")
     cpu_per_connection_s_per_s: float = Field(0.0, ge=0, description="heartbeats and upkeep per live connection")
-    cpu_per_publish_s: float = Field(0.0, ge=0, description="per Redis-published room event, on every node")
+    cpu_per_publish_s: float = Field(0.0, ge=0, description="per room event published to Redis, on its node")
+    cpu_per_receive_s: float = Field(0.0, ge=0, description="per room event heard from Redis, on every node")
     service_cv: float = Field(1.0, ge=0, description="coefficient of variation of service times (gamma)")
     base_latency_s: float = Field(0.0, ge=0, description="client + kernel time outside the server loop")
     redis_rtt_s: float = Field(0.0005, ge=0)
@@ -58,6 +68,11 @@ class Calibration(BaseModel):
     source_runs: list[str] = Field(default_factory=list)
     fit: dict = Field(default_factory=dict)
     assumptions: list[str] = Field(default_factory=list)
+
+    def fit_warnings(self) -> list[str]:
+        """What the fit says about itself that a reader must see: an ill-conditioned design, costs
+        whose standard error exceeds them, regressors that could not be separated."""
+        return list(self.fit.get("cpu", {}).get("warnings", []))
 
     def save(self, path: Path | str) -> Path:
         path = Path(path)

@@ -55,7 +55,7 @@ SLICE_S = 0.25  # the slice without batching (with batching: the flush window)
 __doc__ = (__doc__ or "").replace("{slice_s:g}", f"{SLICE_S:g}")
 Arr = np.ndarray | float | int  # a value or a column of values
 Proc = Generator[simpy.Event, Any, None]  # a SimPy process
-EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE = range(7)
+EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE, JOB_WRITE = range(8)
 
 
 def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
@@ -63,6 +63,41 @@ def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
     the server busy until ``free_at``: done_n = S_n + max(free_at, max_{k<=n}(t_k - S_{k-1}))."""
     S = np.cumsum(s)
     return S + np.maximum(np.maximum.accumulate(t - (S - s)), free_at)
+
+
+def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: float, t1: float) -> tuple:
+    """A FIFO single server (sorted arrivals ``t``, services ``s``) where job ``j`` with
+    ``follow[j] > 0`` hands the loop a write job of that service when it completes: a fan-out that
+    enqueues on sockets whose writers run later, so jobs that arrived meanwhile go first.
+
+    A write due before ``t1`` joins the queue at its arrival, behind the jobs that arrived earlier and
+    ahead of later ones; one due at or after ``t1`` is left for the next slice. Returns
+    ``(t, s, done, parent, writes, deferred)``: the jobs with the writes inserted, their completion
+    times, ``parent[p]`` the original index of the job at position ``p`` (``-1 - k`` for the k-th
+    inserted write), ``writes[k]`` the original index of that write's parent, and ``deferred`` as
+    ``(original index, arrival)`` pairs."""
+    t, s, follow = t.copy(), s.copy(), follow.copy()
+    parent = np.arange(t.size)
+    done = lindley(t, s, free_at)
+    writes: list[int] = []
+    while True:
+        pending = np.flatnonzero(follow > 0)
+        if pending.size == 0:
+            break
+        j = int(pending[0])
+        d = float(done[j])
+        if d >= t1:  # FIFO: every later job completes later still, so their writes come next slice too
+            break
+        p = int(np.searchsorted(t, d, side="right"))
+        service = float(follow[j])
+        follow[j] = 0.0
+        writes.append(int(parent[j]))
+        t, s = np.insert(t, p, d), np.insert(s, p, service)
+        parent, follow = np.insert(parent, p, -len(writes)), np.insert(follow, p, 0.0)
+        done = np.insert(done, p, 0.0)
+        done[p:] = lindley(t[p:], s[p:], float(done[p - 1]) if p else free_at)
+    deferred = [(int(parent[j]), float(done[j])) for j in np.flatnonzero(follow > 0)]
+    return t, s, done, parent, writes, deferred
 
 
 class Rows:
@@ -151,6 +186,13 @@ class Simulation:
         self.phase = self.r_arr.random(n)  # for fixed-rate arrivals
         self.nodes = [NodeState() for _ in range(nodes)]
         self.remote: list[list[tuple]] = [[] for _ in range(nodes)]  # (arrival, service, sent, company)
+        # fan-out writes left for the next slice: (arrival, service, recipients, sent)
+        self.writes: list[list[tuple]] = [[] for _ in range(nodes)]
+        # the server's room emit without batching: stock python-socketio awaits one task per recipient
+        # inside the handler (its ack waits for the writes); the fast fan-out (also used by recovery)
+        # only enqueues, and each socket's writer runs later as a job of its own
+        self.fast = bool(cal.toggles.get("fast_fanout") or cal.toggles.get("recovery"))
+        self.per_recipient = cal.cpu_per_delivery_s + (0.0 if cal.batching else cal.cpu_per_packet_s)
         self.rows = Rows()
         self.rate = 0.0
         self.connects: list[tuple[float, int]] = []
@@ -165,17 +207,18 @@ class Simulation:
         self.p_chat = mix.get("chat", 0.0) / total
         # recovery: a client that reconnects is replayed the chats of its company it missed
         self.recovering = wl.recover and cal.recovery_max_events > 0
-        # a replayed delivery goes out as a packet of its own (it is encoded already, when buffered):
-        # a delivery's cost plus, where batching made packets a cost of their own, a packet's
-        self.replay_s = cal.cpu_per_delivery_s + (cal.cpu_per_packet_s if cal.batching else 0.0)
+        # a replayed delivery goes out as a packet of its own (it is encoded already, when buffered)
+        self.replay_s = cal.cpu_per_delivery_s + cal.cpu_per_packet_s
         self.chats = [Times() for _ in range(int(self.company.max()) + 1)] if self.recovering else []
         self.away: dict[int, int] = {}  # churned client -> chats of its company before it left
         self.replays: dict[int, np.ndarray | str] = {}  # reconnecting client -> send times replayed, or why not
+        # collector pauses are jobs only when the calibration took their time out of the fitted costs
         self.gc_dist = None
-        if cal.gc.collections_per_event > 0:
+        if cal.gc.collections_per_event > 0 and cal.gc.cpu_excluded and cal.gc.dist != "empirical":
             from scipy import stats
 
             self.gc_dist = getattr(stats, cal.gc.dist)(*cal.gc.params)
+        self.gc_on = cal.gc.collections_per_event > 0 and cal.gc.cpu_excluded
 
     # -- random variates ---------------------------------------------------------------------
     def service(self, mean: np.ndarray | float, n: int) -> np.ndarray:
@@ -185,6 +228,12 @@ class Simulation:
             return mean.copy()
         shape = 1.0 / (cv * cv)
         return self.r_svc.gamma(shape, 1.0, n) * (mean / shape)
+
+    def pauses(self, n: int) -> np.ndarray:
+        if self.gc_dist is None:  # empirical: inverse CDF through the measured quantiles
+            q = np.asarray(self.cal.gc.params, float)
+            return np.interp(self.r_gc.random(n), np.linspace(0, 1, q.size), q)
+        return np.clip(self.gc_dist.rvs(size=n, random_state=self.r_gc), 0, None)
 
     # -- SimPy processes ---------------------------------------------------------------------
     def steps_proc(self) -> Proc:
@@ -226,7 +275,8 @@ class Simulation:
                     ("connections", live),
                     ("events_in", self.events_in / self.n_nodes),
                     ("events_out", self.events_out / self.n_nodes),
-                    ("packets_out", self.packets_out / self.n_nodes),
+                    # as the server counts them: room packets plus one ack per inbound event
+                    ("packets_out", (self.packets_out + self.events_in) / self.n_nodes),
                     ("connects", self.connects_ok / self.n_nodes),
                     ("gc_collections", self.gc_count / self.n_nodes),
                     ("loop_lag_max_s", st.lag_max),
@@ -316,7 +366,10 @@ class Simulation:
         idx = np.flatnonzero(self.node_of[ev_c] == n) if self.n_nodes > 1 else np.arange(ev_t.size)
         local = self.local_members(n)
         recipients = np.where(is_chat[idx], local[self.company[ev_c[idx]]], 0)
-        mean = cal.cpu_per_event_s + recipients * cal.cpu_per_delivery_s
+        # enqueueing each recipient's delivery; its socket write too on the stock path (the fast one
+        # writes later, a job of its own; with batching the flush writes)
+        per = self.per_recipient if not self.fast else cal.cpu_per_delivery_s
+        mean = cal.cpu_per_event_s + recipients * per
         if self.n_nodes > 1:
             mean = mean + np.where(is_chat[idx], cal.cpu_per_publish_s, 0.0)
         jobs_t.append(ev_t[idx])
@@ -339,11 +392,11 @@ class Simulation:
             jobs_s.append(np.full(n_ping, cal.cpu_per_connection_s_per_s * cal.heartbeat_s))
             jobs_k.append(np.full(n_ping, JOB_PING))
             jobs_i.append(np.full(n_ping, -1))
-        if self.gc_dist is not None and idx.size:  # collector pauses, triggered by events
+        if self.gc_on and idx.size:  # collector pauses, triggered by events
             n_gc = self.r_gc.poisson(cal.gc.collections_per_event * idx.size)
             if n_gc:
                 gc_t = self.r_gc.choice(ev_t[idx], n_gc)
-                pauses = np.clip(self.gc_dist.rvs(size=n_gc, random_state=self.r_gc), 0, None)
+                pauses = self.pauses(n_gc)
                 self.gc_count += n_gc
                 self.rows.add(K["sample"], gc_t, node=n, name=NAME["gc_pause_gen0"], value=pauses)
                 jobs_t.append(gc_t)
@@ -365,31 +418,74 @@ class Simulation:
         }
 
     def serve(self, n: int, t0: float, t1: float, jobs: dict, ev_c: np.ndarray) -> None:
-        st, base = self.nodes[n], self.cal.base_latency_s
+        st, base, cal = self.nodes[n], self.cal.base_latency_s, self.cal
         remote = [r for r in self.remote[n] if r[0] < t1]  # Redis fan-outs that reached this node
         self.remote[n] = [r for r in self.remote[n] if r[0] >= t1]
+        carried, self.writes[n] = self.writes[n], []  # fan-out writes due from the last slice
         t_all, s_all, k_all, i_all = jobs["t"], jobs["s"], jobs["k"], jobs["i"]
         if remote:
             t_all = np.concatenate([t_all, [r[0] for r in remote]])
             s_all = np.concatenate([s_all, [r[1] for r in remote]])
             k_all = np.concatenate([k_all, np.full(len(remote), JOB_REMOTE)])
             i_all = np.concatenate([i_all, np.arange(len(remote))])
+        payload: list[tuple[np.ndarray, float]] = [(w[2], w[3]) for w in carried]  # per write: recipients, sent
+        if carried:
+            t_all = np.concatenate([t_all, [w[0] for w in carried]])
+            s_all = np.concatenate([s_all, [w[1] for w in carried]])
+            k_all = np.concatenate([k_all, np.full(len(carried), JOB_WRITE)])
+            i_all = np.concatenate([i_all, np.arange(len(carried))])
         st.lag_max = max(st.lag_max, max(0.0, st.free_at - t0))
         if t_all.size == 0:
             return
         order = np.argsort(t_all, kind="stable")
         t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
-        done = lindley(t_all, s_all, st.free_at)
+        # the fast fan-out's writes: one job per room emit, served when the loop reaches it
+        follow = np.zeros(t_all.size)
+        spawn: dict[int, tuple[np.ndarray, float]] = {}
+        if self.fast and not cal.batching:
+            by_company: dict[int, np.ndarray] = {}
+            for j in np.flatnonzero((k_all == EV_CHAT) | (k_all == JOB_REMOTE)):
+                if k_all[j] == EV_CHAT:
+                    company, sent = int(self.company[ev_c[i_all[j]]]), float(t_all[j])
+                else:
+                    _t, _s, sent, company = remote[i_all[j]]
+                    company = int(company)
+                if company not in by_company:
+                    by_company[company] = self.members(n, company)
+                spawn[int(j)] = (by_company[company], sent)
+                follow[j] = by_company[company].size * cal.cpu_per_packet_s
+        if spawn:
+            t_all, s_all, done, parent, writes, deferred = fifo_with_writes(t_all, s_all, follow, st.free_at, t1)
+            keep = parent >= 0
+            k_new = np.full(t_all.size, JOB_WRITE)
+            i_new = np.empty(t_all.size, int)
+            k_new[keep], i_new[keep] = k_all[parent[keep]], i_all[parent[keep]]
+            i_new[~keep] = len(payload) + (-1 - parent[~keep])
+            payload += [spawn[w] for w in writes]
+            k_all, i_all = k_new, i_new
+            for j, d in deferred:
+                members, sent = spawn[j]
+                self.writes[n].append((d, members.size * cal.cpu_per_packet_s, members, sent))
+        else:
+            done = lindley(t_all, s_all, st.free_at)
         start = done - s_all
         st.free_at = float(done[-1])
         st.work += float(s_all.sum())
         self.emit_events(n, t_all, start, done, k_all, i_all, ev_c)
+        self.emit_writes(k_all, i_all, start, payload, base)
         self.emit_connects(n, t_all, done, k_all, i_all, base)
         self.emit_pings(n, t_all, start, k_all)
         if jobs["flush"] is not None:
             self.emit_flush(jobs["flush"], float(start[k_all == JOB_FLUSH][0]), base)
         if remote:
             self.emit_remote(n, remote, start, done, k_all, i_all)
+
+    def emit_writes(self, k_all: np.ndarray, i_all: np.ndarray, start: np.ndarray, payload: list, base: float) -> None:
+        """Push rows of the fast fan-out's writes, one socket after another from the job's start."""
+        for j in np.flatnonzero(k_all == JOB_WRITE):
+            members, sent = payload[i_all[j]]
+            when = start[j] + (np.arange(members.size) + 1) * self.cal.cpu_per_packet_s + base
+            self.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
 
     def local_members(self, n: int) -> np.ndarray:
         mask = self.live if self.n_nodes == 1 else self.live & (self.node_of == n)
@@ -431,7 +527,10 @@ class Simulation:
                 self.nodes[n].pending.setdefault(company, []).append(np.array([t[j], d[j]]))
                 continue
             self.packets_out += members.size
-            when = s0[j] + cal.cpu_per_event_s + (np.arange(members.size) + 1) * cal.cpu_per_delivery_s + base
+            if self.fast:
+                continue  # its writes are a job of their own (emit_writes)
+            first = s0[j] + cal.cpu_per_event_s + (cal.cpu_per_publish_s if self.n_nodes > 1 else 0.0)
+            when = first + (np.arange(members.size) + 1) * self.per_recipient + base
             rows.add(K["push"], when, conn=members, node=-1, name=NAME["chat"], latency=when - t[j])
 
     def flush_job(self, n: int) -> tuple | None:
@@ -491,11 +590,12 @@ class Simulation:
             replayed = replay if isinstance(replay, np.ndarray) else np.empty(0)
             ok = done[j] - replayed.size * self.replay_s + base  # the connect, then its replay
             rows.add(K["connect_start"], t, conn=cid)
-            if cal.conn_limits:
+            if cal.conn_limits:  # each node enforces its own limits on its own connections
                 refused = None
-                if int(self.live.sum()) >= cal.max_connections:
+                here = self.live & (self.node_of == n) if self.n_nodes > 1 else self.live
+                if int(here.sum()) >= cal.max_connections:
                     refused = "refused: server connection limit reached"
-                elif int((self.live & (self.company == self.company[cid])).sum()) >= cal.max_per_company:
+                elif int((here & (self.company == self.company[cid])).sum()) >= cal.max_per_company:
                     refused = "refused: company connection limit reached"
                 if refused is not None:
                     when = done[j] + base
@@ -529,8 +629,9 @@ class Simulation:
                 if n == origin:
                     continue
                 local = self.local_members(n)
+                per = cal.cpu_per_delivery_s if self.fast else self.per_recipient
                 for d, sent_t, c in zip(done, sent, company.astype(int), strict=True):
-                    svc = cal.cpu_per_publish_s + int(local[c]) * cal.cpu_per_delivery_s
+                    svc = cal.cpu_per_receive_s + int(local[c]) * per
                     self.remote[n].append((d + cal.redis_rtt_s, svc, sent_t, c))
 
     def emit_remote(
@@ -552,7 +653,9 @@ class Simulation:
                 self.nodes[n].pending.setdefault(int(company), []).append(np.array([sent, done[j]]))
                 continue
             self.packets_out += members.size
-            when = start[j] + cal.cpu_per_publish_s + (np.arange(members.size) + 1) * cal.cpu_per_delivery_s + base
+            if self.fast:
+                continue  # its writes are a job of their own (emit_writes)
+            when = start[j] + cal.cpu_per_receive_s + (np.arange(members.size) + 1) * self.per_recipient + base
             self.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
 
     def run(self) -> list[np.ndarray]:
