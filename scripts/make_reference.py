@@ -1,5 +1,8 @@
-"""Copy a scenario's outputs and its measured runs into notebooks/data/reference (the dataset the
-notebooks and their tests read). Usage: .venv/bin/python scripts/make_reference.py reports/quickstart
+#!/bin/sh
+""":"
+exec "${0%/*}/../.venv/bin/python" "$0" "$@"  # sh: run this file with the venv's Python
+":" Copy a scenario's outputs and its measured runs into notebooks/data/reference (the dataset the
+notebooks and their tests read). Usage: scripts/make_reference.py reports/quickstart [DEST]
 """
 
 from __future__ import annotations
@@ -38,4 +41,6 @@ def main(src: str, dest: str = "notebooks/data/reference") -> None:
 
 
 if __name__ == "__main__":
+    if not 2 <= len(sys.argv) <= 3:
+        sys.exit("usage: scripts/make_reference.py reports/NAME [DEST (default notebooks/data/reference)]")
     main(*sys.argv[1:])
