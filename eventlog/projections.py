@@ -1,6 +1,9 @@
 """Projections of a run's events: steps, the benchmark row, time series, before/after comparison.
 
-One code path for measured and simulated runs. Rules, stated once:
+One code path for measured and simulated runs, on disk or in memory: every projection takes a
+:class:`~eventlog.reader.Run` (or a run folder, a DataFrame, an Arrow table) and reads it through
+:mod:`eventlog.scan`, batch by batch, so its memory grows with steps, seconds and connections, not
+with rows. Rules, stated once:
 
 - Steps: ``sample`` rows named ``step`` mark the start of each load step (value = target
   connections); a ``sample`` row named ``end`` closes the last one.
@@ -32,7 +35,8 @@ import pandas as pd
 
 from .load import SLO, generator_ok
 from .manifest import Manifest
-from .schema import GEN_CPU
+from .scan import Digest, Source, digest, overview
+from .schema import GEN_CPU, KINDS
 
 ERROR_KINDS = ("connect_fail", "timeout", "reject", "error")
 ATTEMPT_KINDS = ("connect_start", "send", "error")
@@ -54,12 +58,12 @@ def percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q, method="inverted_cdf"))
 
 
-def steps(df: pd.DataFrame) -> pd.DataFrame:
-    """Load steps: index, target connections, start, end, and the counted window after warm-up."""
+def _steps_from(samples: pd.DataFrame, t_max: float) -> pd.DataFrame:
+    df = samples
     marks = df[(df["kind"] == "sample") & (df["name"] == "step")]
     holds = df[(df["kind"] == "sample") & (df["name"] == "hold")]["t"].to_numpy(float)
     ends = df[(df["kind"] == "sample") & (df["name"] == "end")]
-    t_end = float(ends["t"].max()) if len(ends) else float(df["t"].max()) if len(df) else 0.0
+    t_end = float(ends["t"].max()) if len(ends) else t_max if not np.isnan(t_max) else 0.0
     starts = marks["t"].to_numpy(float)
     targets = marks["value"].to_numpy(float)
     stops = np.append(starts[1:], t_end) if len(starts) else starts
@@ -79,20 +83,18 @@ def steps(df: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def live_connections(df: pd.DataFrame) -> pd.Series:
+def steps(events: Source) -> pd.DataFrame:
+    """Load steps: index, target connections, start, end, and the counted window after warm-up."""
+    ov = overview(events)
+    return _steps_from(ov.samples, ov.t_max)
+
+
+def live_connections(events: Source) -> pd.Series:
     """Client-side live connections after each connect_ok / disconnect row, indexed by t."""
-    ev = df[df["kind"].isin(["connect_ok", "disconnect"])]
-    delta = np.where(ev["kind"] == "connect_ok", 1, -1)
-    return pd.Series(np.cumsum(delta), index=ev["t"].to_numpy())
+    return overview(events).live()
 
 
-def _latencies(df: pd.DataFrame, t0: float, t1: float, kinds: tuple[str, ...] = ("ack", "push")) -> np.ndarray:
-    ev = df[df["kind"].isin(kinds)]
-    sent = ev["t"].to_numpy() - ev["latency_s"].to_numpy()
-    return ev["latency_s"].to_numpy()[(sent >= t0) & (sent < t1)]
-
-
-def recovery_stats(counts: Mapping[str, int] | pd.Series, span_s: float | None = None) -> dict[str, Any]:
+def recovery_stats(counts: Mapping[str, float] | pd.Series, span_s: float | None = None) -> dict[str, Any]:
     """Recovered deliveries and failed room recoveries from a row count by kind (per second too,
     given the span). Version 1 logs have neither kind: zeros."""
     out: dict[str, Any] = {
@@ -104,39 +106,45 @@ def recovery_stats(counts: Mapping[str, int] | pd.Series, span_s: float | None =
     return out
 
 
-def window_stats(df: pd.DataFrame, t0: float, t1: float) -> dict:
-    """Latency percentiles, error rate and throughput of events intended in ``[t0, t1)``."""
-    in_win = df[(df["t"] >= t0) & (df["t"] < t1)]
-    counts = in_win["kind"].value_counts()
-    lat = _latencies(df, t0, t1)
-    err = df[df["kind"].isin(ERROR_KINDS)]
-    tried = err["t"].to_numpy() - np.nan_to_num(err["latency_s"].to_numpy(float), nan=0.0)
-    errors = int(((tried >= t0) & (tried < t1)).sum())
+def _window_stats(d: Digest, i: int, t0: float, t1: float) -> dict:
+    counts = dict(zip(KINDS, d.window_counts[i], strict=True))
+    errors = int(d.window_errors[i])
     attempts = sum(int(counts.get(k, 0)) for k in ATTEMPT_KINDS)
     span = max(t1 - t0, 1e-9)
     return {
-        "p50_ms": 1000 * percentile(lat, 50),
-        "p95_ms": 1000 * percentile(lat, 95),
-        "p99_ms": 1000 * percentile(lat, 99),
-        "ack_p95_ms": 1000 * percentile(_latencies(df, t0, t1, ("ack",)), 95),
-        "push_p95_ms": 1000 * percentile(_latencies(df, t0, t1, ("push",)), 95),
+        "p50_ms": 1000 * d.pct[("lat", i, 50.0)],
+        "p95_ms": 1000 * d.pct[("lat", i, 95.0)],
+        "p99_ms": 1000 * d.pct[("lat", i, 99.0)],
+        "ack_p95_ms": 1000 * d.pct[("ack", i, 95.0)],
+        "push_p95_ms": 1000 * d.pct[("push", i, 95.0)],
         "error_rate": errors / attempts if attempts else 0.0,
         "throughput_eps": int(counts.get("ack", 0)) / span,
         "deliveries_per_s": int(counts.get("push", 0)) / span,
         "sends_per_s": int(counts.get("send", 0)) / span,
-        "send_lag_p99_ms": 1000 * percentile(in_win[in_win["kind"] == "send"]["latency_s"].to_numpy(), 99),
+        "send_lag_p99_ms": 1000 * d.pct[("send", i, 99.0)],
         **recovery_stats(counts, span),
     }
 
 
-def step_table(df: pd.DataFrame, slo: SLO | None = None) -> pd.DataFrame:
+def window_stats(events: Source, t0: float, t1: float) -> dict:
+    """Latency percentiles, error rate and throughput of events intended in ``[t0, t1)``."""
+    return _window_stats(digest(events, [(t0, t1)]), 0, t0, t1)
+
+
+def _step_windows(st: pd.DataFrame) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in zip(st["window_start"], st["end"], strict=True)]
+
+
+def step_table(events: Source, slo: SLO | None = None) -> pd.DataFrame:
     """Per step: target and reached connections, latency, errors, throughput, and whether it held
     (against ``slo``, by default :class:`SLO`'s default)."""
     slo = slo or SLO()
     rows = []
-    live = live_connections(df)
-    for st in steps(df).itertuples():
-        stats = window_stats(df, st.window_start, st.end)
+    live = live_connections(events)
+    st_all = steps(events)
+    d = digest(events, _step_windows(st_all))
+    for i, st in enumerate(st_all.itertuples()):
+        stats = _window_stats(d, i, st.window_start, st.end)
         in_step = live[(live.index >= st.start) & (live.index < st.end)]
         before = live[live.index < st.start]
         reached = int(max(in_step.max() if len(in_step) else 0, before.iloc[-1] if len(before) else 0))
@@ -232,38 +240,41 @@ class BenchmarkRow(TypedDict):
 
 
 def benchmark_row(
-    df: pd.DataFrame,
+    events: Source,
     manifest: Manifest | None = None,
     slo: SLO | None = None,
     steady_step: int | None = None,
 ) -> BenchmarkRow:
     """The seed guide's benchmark table row for one run, plus connect rate, loop lag, generator health.
 
-    Latency, CPU, throughput and error rate come from the steady step (``steady_step``, else the
-    manifest's ``steady_step``, else the last step); max stable connections and throughput from
-    the whole ramp; peak memory from the whole run.
+    ``events``: a :class:`~eventlog.reader.Run` (its parts are scanned in bounded memory), a run
+    folder, or the rows themselves (a DataFrame or Arrow table). Latency, CPU, throughput and error
+    rate come from the steady step (``steady_step``, else the manifest's ``steady_step``, else the
+    last step); max stable connections and throughput from the whole ramp; peak memory from the
+    whole run.
     """
     slo = slo or (SLO.from_manifest(manifest) if manifest is not None else SLO())
-    st = steps(df)
+    ov = overview(events)
+    df = ov.samples
+    st = _steps_from(df, ov.t_max)
     if st.empty:
         raise ValueError("the log holds no load steps (sample rows 'step'): no benchmark row")
-    table = step_table(df, slo)
+    table = step_table(events, slo)
     best, lower_bound = max_stable(table)
     if steady_step is None and manifest is not None:
         steady_step = manifest.steady_step
     k = int(steady_step) if steady_step is not None else len(st) - 1
     t0, t1 = float(st["window_start"].iloc[k]), float(st["end"].iloc[k])
-    steady = window_stats(df, t0, t1)
-    counts = df["kind"].value_counts()
+    d = digest(events, _step_windows(st))
+    steady = _window_stats(d, k, t0, t1)
+    counts = ov.counts
     errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
     attempts = sum(int(counts.get(k, 0)) for k in ATTEMPT_KINDS)
 
     peak_mb = peak_memory_mb(_samples(df, "rss_bytes"))
     lag = _samples(df, "loop_lag_max_s")
     lag = lag[(lag["t"] >= t0) & (lag["t"] <= t1)]["value"]
-    oks = df[df["kind"] == "connect_ok"]["t"]
-    starts = df[df["kind"] == "connect_start"]["t"]
-    ramp = (oks.max() - starts.min()) if len(oks) else float("nan")
+    ramp = ov.connect_ok_t_max - ov.connect_start_t_min if ov.connect_ok_n else float("nan")
     gen_cpu = df[(df["kind"] == "sample") & df["name"].astype(str).str.startswith(GEN_CPU)]
     gen_pct = float("nan")
     if len(gen_cpu) >= 2:
@@ -274,7 +285,7 @@ def benchmark_row(
                 gen_pct += (
                     100 * (g["value"].iloc[-1] - g["value"].iloc[0]) / max(g["t"].iloc[-1] - g["t"].iloc[0], 1e-9)
                 )
-    send_lag_p99_ms = 1000 * percentile(df[df["kind"] == "send"]["latency_s"].to_numpy(), 99)
+    send_lag_p99_ms = 1000 * d.pct[("send_all", 0, 99.0)]
     recovery = recovery_stats(counts)
     return BenchmarkRow(
         run_id=manifest.run_id if manifest else "",
@@ -296,7 +307,7 @@ def benchmark_row(
         throughput_eps=steady["throughput_eps"],
         max_stable_throughput_eps=max_stable_throughput(table),
         deliveries_per_s=steady["deliveries_per_s"],
-        connect_rate_per_s=len(oks) / ramp if ramp and ramp > 0 else float("nan"),
+        connect_rate_per_s=ov.connect_ok_n / ramp if ramp and ramp > 0 else float("nan"),
         loop_lag_max_ms=1000 * float(lag.max()) if len(lag) else float("nan"),
         gen_cpu_pct=gen_pct,
         send_lag_p99_ms=send_lag_p99_ms,
@@ -310,21 +321,22 @@ def benchmark_row(
     )
 
 
-def timeseries(df: pd.DataFrame, bucket_s: float = 1.0) -> pd.DataFrame:
+def timeseries(events: Source, bucket_s: float = 1.0) -> pd.DataFrame:
     """Per-second series: sends, acks, pushes, errors, p95 latency, live connections, server RSS and CPU %."""
-    if df.empty:
+    ov = overview(events)
+    if not ov.rows:
         return pd.DataFrame()
-    b = np.floor(df["t"].to_numpy() / bucket_s).astype(np.int64)
-    frame = pd.DataFrame({"b": b, "kind": df["kind"].to_numpy(), "lat": df["latency_s"].to_numpy()})
-    counts = pd.crosstab(frame["b"], frame["kind"]).reindex(columns=["send", "ack", "push", *ERROR_KINDS], fill_value=0)
-    out = pd.DataFrame(index=pd.RangeIndex(b.min(), b.max() + 1, name="second"))
+    d = digest(events, [], bucket_s)
+    assert d.second_counts is not None
+    n = d.second_counts.shape[0]
+    out = pd.DataFrame(index=pd.RangeIndex(d.b_min, d.b_min + n, name="second"))
+    counts = pd.DataFrame(d.second_counts, index=out.index, columns=list(KINDS))
     out["sends_per_s"] = counts["send"] / bucket_s
     out["acks_per_s"] = counts["ack"] / bucket_s
     out["pushes_per_s"] = counts["push"] / bucket_s
     out["errors_per_s"] = counts[list(ERROR_KINDS)].sum(axis=1) / bucket_s
-    lat = frame[frame["kind"].isin(["ack", "push"])]
-    out["p95_ms"] = lat.groupby("b")["lat"].apply(lambda x: 1000 * percentile(x.to_numpy(), 95))
-    live = live_connections(df)
+    out["p95_ms"] = 1000 * np.array([d.pct[("second", i, 95.0)] for i in range(n)])
+    live = ov.live()
     if len(live):
         out["connections"] = (
             pd.Series(live.values, index=np.floor(live.index / bucket_s).astype(int))
@@ -333,6 +345,7 @@ def timeseries(df: pd.DataFrame, bucket_s: float = 1.0) -> pd.DataFrame:
             .reindex(out.index)
             .ffill()
         )
+    df = ov.samples
     for name, col in (("rss_bytes", "rss_mb"), ("cpu_seconds", "cpu_pct"), ("loop_lag_max_s", "loop_lag_ms")):
         s = _samples(df, name)
         if s.empty:

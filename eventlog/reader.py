@@ -1,9 +1,10 @@
-"""Read a run: its manifest and every complete part, merged and sorted by time."""
+"""Read a run: its manifest and its complete parts. ``read_run`` only checks the parts (their footers
+and schemas); the rows are read when asked for: ``Run.events`` merges them into one DataFrame sorted
+by time, while the projections scan the parts batch by batch (``eventlog.scan``)."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -31,11 +32,35 @@ class ForeignPartWarning(SkippedPartWarning):
     """
 
 
-@dataclass
 class Run:
-    path: Path
-    manifest: Manifest
-    events: pd.DataFrame
+    """A run folder: its manifest, its readable parts, and its events on demand.
+
+    ``events`` is the whole log as one DataFrame, read at first use; pass the ``Run`` itself to the
+    projections (``benchmark_row(run, run.manifest)``) to have them scan the parts in bounded memory
+    instead. A Run built with ``events`` (a DataFrame, e.g. a cut of another run) is projected from
+    those rows."""
+
+    def __init__(
+        self, path: Path | str, manifest: Manifest, events: pd.DataFrame | None = None, parts: list[Path] | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self._events = events
+        self.parts = readable_parts(self.path) if parts is None and events is None else (parts or [])
+
+    @property
+    def events(self) -> pd.DataFrame:
+        if self._events is None:
+            self._events = _sorted_frame(_read_parts(self.parts))
+        return self._events
+
+    @property
+    def loaded(self) -> pd.DataFrame | None:
+        """The events if they are in memory (given, or read by ``events``), else None."""
+        return self._events
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, run_id={self.run_id!r}, parts={len(self.parts)})"
 
     @property
     def run_id(self) -> str:
@@ -70,27 +95,47 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def read_table(run_dir: Path | str) -> pa.Table:
-    """All readable parts as one Arrow table (unsorted). Torn parts (``TornPartWarning``) and parts
-    whose columns are not the schema's (``ForeignPartWarning``) are skipped with a warning."""
-    tables = []
+def readable_parts(run_dir: Path | str) -> list[Path]:
+    """The run's parts in order, checked by their footer and schema (reads no rows). Torn parts
+    (``TornPartWarning``) and parts whose columns are not the schema's (``ForeignPartWarning``) are
+    left out with a warning."""
+    parts = []
     for part in sorted((Path(run_dir) / "events").glob("part-*.parquet")):
         try:
             mismatch = schema_mismatch(pq.read_schema(part))
-            if mismatch is None:
-                tables.append(pq.read_table(part, schema=SCHEMA))
         except (pa.ArrowException, OSError) as exc:
-            warnings.warn(f"skipped torn part {part.name}: {_one_line(exc)}", TornPartWarning, stacklevel=2)
+            warnings.warn(f"skipped torn part {part.name}: {_one_line(exc)}", TornPartWarning, stacklevel=3)
             continue
         if mismatch is not None:
-            warnings.warn(f"skipped part {part.name}: {mismatch}", ForeignPartWarning, stacklevel=2)
+            warnings.warn(f"skipped part {part.name}: {mismatch}", ForeignPartWarning, stacklevel=3)
+            continue
+        parts.append(part)
+    return parts
+
+
+def _read_parts(parts: list[Path]) -> pa.Table:
+    tables = []
+    for part in parts:
+        try:
+            tables.append(pq.read_table(part, schema=SCHEMA))
+        except (pa.ArrowException, OSError) as exc:
+            warnings.warn(f"skipped torn part {part.name}: {_one_line(exc)}", TornPartWarning, stacklevel=3)
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables).unify_dictionaries()
 
 
+def read_table(run_dir: Path | str) -> pa.Table:
+    """All readable parts as one Arrow table (unsorted); see ``readable_parts`` for what is skipped."""
+    return _read_parts(readable_parts(run_dir))
+
+
 def read_events(run_dir: Path | str) -> pd.DataFrame:
-    df = read_table(run_dir).to_pandas()
+    return _sorted_frame(read_table(run_dir))
+
+
+def _sorted_frame(table: pa.Table) -> pd.DataFrame:
+    df = table.to_pandas()
     for col in ("kind", "name"):
         if not isinstance(df[col].dtype, pd.CategoricalDtype):
             df[col] = df[col].astype("category")
@@ -98,6 +143,7 @@ def read_events(run_dir: Path | str) -> pd.DataFrame:
 
 
 def read_run(run_dir: Path | str) -> Run:
-    """Manifest and events of a run, whatever its status (running, complete or aborted)."""
+    """A run, whatever its status (running, complete or aborted): its manifest and readable parts,
+    the events read when first asked for (``Run.events``)."""
     run_dir = Path(run_dir)
-    return Run(run_dir, read_manifest(run_dir), read_events(run_dir))
+    return Run(run_dir, read_manifest(run_dir))
