@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from eventlog import Run, benchmark_row, companies_needed, read_run, step_table, steps
+from eventlog import Run, companies_needed, read_run, step_table, steps
 from eventlog.capacity import SPARE_NODES, NodeCapacity, capacity_answer, node_capacity_text
-from model import Calibration, Workload, confidence, replicate
+from model import Calibration, Point, Workload, confidence, replicate_points
 from model.calibrate import calibrate
 from model.usl import fit_usl
 from model.validate import bands_text, validate
@@ -69,22 +69,23 @@ def capacity_rows(
     with one node down), else on the scenario's ``simulate.nodes``; CPU and memory are also given per node.
     """
     rate = sim.events_per_connection if sim.events_per_connection is not None else wl.base_rate
-    rows = []
-    for n in sim.connections:
-        nodes = (nodes_for or {}).get(n) or sim.nodes
-        w = workload_at(wl, n, sim.duration_s, rate)
-        dirs = replicate(
+    plan = [(n, (nodes_for or {}).get(n) or sim.nodes) for n in sim.connections]
+    points = [
+        Point(
             cal.model_copy(update={"conn_limits": False}) if nodes > 1 else cal,
-            w,
-            runs_root,
-            sim.replications,
-            sim.seed,
-            nodes=nodes,
-            name=f"{sc.name}-{label}-{n}",
-            extra={"label": f"{label}@{n}", "slo": sc.slo.model_dump()},
+            workload_at(wl, n, sim.duration_s, rate),
+            nodes,
+            f"{sc.name}-{label}-{n}",
+            {"label": f"{label}@{n}", "slo": sc.slo.model_dump()},
         )
-        reps: list[Mapping[str, Any]] = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
-        row = {
+        for n, nodes in plan
+    ]
+    # every count's replications at once (a cluster runs them side by side); each returns its row
+    simulated = replicate_points(points, runs_root, sim.replications, sim.seed, slo=sc.slo)
+    rows = []
+    for (n, nodes), (dirs, done) in zip(plan, simulated, strict=True):
+        reps: list[Mapping[str, Any]] = list(done)
+        row: dict[str, Any] = {
             "label": label,
             "connections": n,
             "events_per_connection": rate,
@@ -128,16 +129,21 @@ def node_capacity(
             "connect_rate": NODE_RAMP_CONNECT_RATE,
         }
     )
-    dirs = replicate(
-        cal.model_copy(update={"conn_limits": False}),
-        ramp,
+    ((dirs, rows),) = replicate_points(
+        [
+            Point(
+                cal.model_copy(update={"conn_limits": False}),
+                ramp,
+                1,
+                f"{sc.name}-{label}-ramp",
+                {"label": f"{label}-ramp"},
+            )
+        ],
         runs_root,
         sim.replications,
         sim.seed,
-        name=f"{sc.name}-{label}-ramp",
-        extra={"label": f"{label}-ramp"},
+        slo=sc.slo,
     )
-    rows = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
     cap = NodeCapacity(
         tuple(int(r["max_stable_connections"]) for r in rows),
         node_limit=node_limit(cal),
@@ -267,7 +273,7 @@ def run_sweep(
 
     grid = sweep.grid
     keys = list(grid)
-    rows = []
+    rows, pending, points = [], [], []
     for combo in itertools.product(*(grid[k] for k in keys)):
         setting = dict(zip(keys, combo, strict=True))
         c, nodes = cal, int(setting.get("nodes", sim.nodes))
@@ -289,22 +295,25 @@ def run_sweep(
             log(f"  sweep {setting_text(setting)}: {n} connections exceed {nodes} x the node limit {limit}: not run")
             continue
         w = workload_at(wl, n, sim.duration_s, rate)
-        dirs = replicate(
-            c.model_copy(update={"conn_limits": False}),  # the limit is checked above, per node
-            w,
-            runs_root,
-            sim.replications,
-            sim.seed,
-            nodes=nodes,
-            name=f"{sc.name}-sweep",
-            extra={"label": setting_text(setting)},
+        points.append(
+            Point(
+                c.model_copy(update={"conn_limits": False}),  # the limit is checked above, per node
+                w,
+                nodes,
+                f"{sc.name}-sweep",
+                {"label": setting_text(setting)},
+            )
         )
-        reps: list[Mapping[str, Any]] = [benchmark_row(r.events, r.manifest, sc.slo) for r in map(read_run, dirs)]
+        pending.append((row, setting, nodes))
+        rows.append(row)
+    # every point's replications at once (a cluster runs them side by side); each returns its row
+    simulated = replicate_points(points, runs_root, sim.replications, sim.seed, slo=sc.slo)
+    for (row, setting, nodes), (_dirs, done) in zip(pending, simulated, strict=True):
+        reps: list[Mapping[str, Any]] = list(done)
         for m in ("p95_ms", "error_rate_pct", "mean_cpu_pct", "throughput_eps"):
             row[m], row[m + "_ci"] = confidence([r[m] for r in reps])
         row["meets_slo"] = bool(row["p95_ms"] <= sc.slo.p95_ms and row["error_rate_pct"] <= sc.slo.error_rate_pct)
         row["over_node_limit"] = False
-        rows.append(row)
         log(
             f"  sweep {setting_text(setting)}: p95 {row['p95_ms']:.1f} ms, cpu {row['mean_cpu_pct'] / nodes:.0f} % "
             f"per node ({'meets' if row['meets_slo'] else 'misses'} the SLO)"

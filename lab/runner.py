@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .executor import simulations_on
 from .measure import measure
 from .progress import log
 from .results import summarize, write_tables
@@ -19,8 +21,19 @@ def run_scenario(
     reports_root: Path = Path("reports"),
     quiet: bool = False,
     reuse: list[Path] | None = None,
+    cluster: str | None = None,
 ) -> Path:
-    """Run every part of the scenario; returns the scenario's output folder under ``reports_root``."""
+    """Run every part of the scenario; returns the scenario's output folder under ``reports_root``.
+    Its simulations run on the Dask scheduler at ``cluster`` (checked before anything starts), else on
+    the local process pool; either way each writes its run folder under ``runs_root``."""
+    with simulations_on(cluster, runs_root) if sc.kind in SIMULATING else contextlib.nullcontext():
+        return _run(sc, runs_root, reports_root, quiet, reuse)
+
+
+SIMULATING = ("simulate", "compare", "sweep")  # the kinds with a model side
+
+
+def _run(sc: Scenario, runs_root: Path, reports_root: Path, quiet: bool, reuse: list[Path] | None) -> Path:
     out_dir = reports_root / sc.name
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
@@ -46,7 +59,7 @@ def run_scenario(
             log(f"  -> {run_dir}")
             measured.append(run_dir)
         record["measured"] = [str(p) for p in measured]
-    if sc.kind in ("simulate", "compare", "sweep"):
+    if sc.kind in SIMULATING:
         from .modelling import simulate_scenario
 
         record.update(simulate_scenario(sc, measured, runs_root, out_dir))

@@ -166,6 +166,16 @@ class Scenario(Strict):
     sweep: SweepSpec | None = None
     validate_on: list[str] = Field(default_factory=list, description="server labels held out of calibration")
     report: bool = True
+    cluster: str | None = Field(
+        None, description="Dask scheduler tcp://HOST:PORT for simulations (DASK_SCHEDULER_ADDRESS, --cluster win)"
+    )
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        from model.executor import check_address
+
+        return None if value is None else check_address(value)
 
     @model_validator(mode="after")
     def _kind_needs(self) -> Scenario:
