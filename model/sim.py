@@ -11,7 +11,7 @@ separate streams per purpose (common random numbers across compared scenarios).
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,11 +100,68 @@ def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: 
     return t, s, done, parent, writes, deferred
 
 
-class Rows:
-    """Column chunks, concatenated once at the end."""
+LOG_MODES = ("full", "sampled", "histograms")
+SAMPLE_EVERY = 10  # log "sampled": the event rows of one connection in 10, each standing for 10 events
+HIST_SLICE_S = 0.25  # log "histograms": event rows merged per 0.25 s of send time and latency bucket
+AGGREGATED = np.array([K[k] for k in ("send", "ack", "push", "timeout", "recovered")])
 
-    def __init__(self) -> None:
+
+def merged_rows(cols: list[np.ndarray]) -> list[np.ndarray]:
+    """Log "histograms": the rows of AGGREGATED kinds merged by (kind, name, node, bytes, send time in
+    HIST_SLICE_S, latency bucket of ~1.6 %, eventlog.scan.bucket) into one row each, at the mean send
+    time and mean latency of what it merged, ``value`` = how many (the projections weigh by it)."""
+    t, kind, _conn, node, name, lat, nbytes, _value = cols
+    agg = np.isin(kind, AGGREGATED) & ~np.isnan(lat)
+    if not agg.any():
+        return cols
+    import pandas as pd
+
+    from eventlog.scan import bucket
+
+    sent = t[agg] - lat[agg]
+    frame = pd.DataFrame(
+        {
+            "kind": kind[agg],
+            "name": name[agg],
+            "node": node[agg],
+            "nbytes": nbytes[agg],
+            "slice": np.floor(sent / HIST_SLICE_S).astype(np.int64),
+            "bucket": bucket(lat[agg]),
+            "sent": sent,
+            "lat": lat[agg],
+        }
+    )
+    g = frame.groupby(["kind", "name", "node", "nbytes", "slice", "bucket"], sort=False)
+    out = g.agg(n=("lat", "size"), sent=("sent", "mean"), lat=("lat", "mean")).reset_index()
+    keep = ~agg
+    m = len(out)
+    merged = [
+        out["sent"].to_numpy() + out["lat"].to_numpy(),
+        out["kind"].to_numpy(),
+        np.full(m, -1),
+        out["node"].to_numpy(),
+        out["name"].to_numpy(),
+        out["lat"].to_numpy(),
+        out["nbytes"].to_numpy(),
+        out["n"].to_numpy(np.float64),
+    ]
+    return [np.concatenate([c[keep], x.astype(c.dtype)]) for c, x in zip(cols, merged, strict=True)]
+
+
+class Rows:
+    """Column chunks, concatenated at the end, or handed to ``sink`` every ``flush_rows`` rows (the
+    run's parts are written as it goes, so a long run never holds all its rows). ``log``: every row
+    ("full"), the event rows of one connection in SAMPLE_EVERY ("sampled"), or event rows merged
+    into weighted histogram rows ("histograms", ``merged_rows``); connects, disconnects, errors
+    without a latency and samples are always logged whole."""
+
+    def __init__(self, sink: Callable[[list[np.ndarray]], None] | None = None, log: str = "full") -> None:
+        if log not in LOG_MODES:
+            raise ValueError(f"log {log!r}: one of {', '.join(LOG_MODES)}")
         self.chunks: list[tuple] = []
+        self.n = 0
+        self.sink, self.log = sink, log
+        self.flush_rows = 2_000_000
 
     DTYPES = (np.float64, np.int8, np.int32, np.int16, np.int32, np.float64, np.int32, np.float64)
 
@@ -120,16 +177,25 @@ class Rows:
         value: Arr = np.nan,
     ) -> None:
         """Scalars are broadcast to the length of the array arguments (cheaply, at the end)."""
-        cols = (t, kind, conn, node, name, latency, nbytes, value)
+        cols: tuple = (t, kind, conn, node, name, latency, nbytes, value)
         n = 1
         for x in cols:
             if isinstance(x, np.ndarray) and x.ndim:
                 n = x.size
                 break
+        if n and self.log == "sampled" and kind in AGGREGATED:
+            keep = np.broadcast_to(np.asarray(conn) % SAMPLE_EVERY == 0, (n,))
+            cols = tuple(x[keep] if isinstance(x, np.ndarray) and x.ndim else x for x in cols[:7])
+            cols += (float(SAMPLE_EVERY),)
+            n = int(keep.sum())
         if n:
             self.chunks.append((n, cols))
+            self.n += n
+            if self.sink is not None and self.n >= self.flush_rows:
+                self.sink(self.columns())
 
     def columns(self) -> list[np.ndarray]:
+        """The rows added since the last call, as columns (merged, with log "histograms")."""
         total = sum(n for n, _ in self.chunks)
         out = [np.empty(total, dtype) for dtype in self.DTYPES]
         pos = 0
@@ -137,7 +203,8 @@ class Rows:
             for column, value in zip(out, cols, strict=True):
                 column[pos : pos + n] = value  # a scalar broadcasts in place
             pos += n
-        return out
+        self.chunks, self.n = [], 0
+        return merged_rows(out) if self.log == "histograms" else out
 
 
 class Times:
@@ -170,7 +237,16 @@ class NodeState:
 class Simulation:
     """One replication. ``run()`` returns the event-log columns."""
 
-    def __init__(self, cal: Calibration, wl: Workload, seed: int = 1, nodes: int = 1) -> None:
+    def __init__(
+        self,
+        cal: Calibration,
+        wl: Workload,
+        seed: int = 1,
+        nodes: int = 1,
+        sink: Callable[[list[np.ndarray]], None] | None = None,
+        log: str = "full",
+    ) -> None:
+        """``sink``, ``log``: see :class:`Rows` (``run()`` then returns only the rows not yet sunk)."""
         self.cal, self.wl, self.seed, self.n_nodes = cal, wl, seed, nodes
         ss = np.random.SeedSequence(seed)
         # one stream per purpose; a stream added later comes after the others, so theirs stay the same
@@ -193,7 +269,7 @@ class Simulation:
         # only enqueues, and each socket's writer runs later as a job of its own
         self.fast = bool(cal.toggles.get("fast_fanout") or cal.toggles.get("recovery"))
         self.per_recipient = cal.cpu_per_delivery_s + (0.0 if cal.batching else cal.cpu_per_packet_s)
-        self.rows = Rows()
+        self.rows = Rows(sink, log)
         self.rate = 0.0
         self.connects: list[tuple[float, int]] = []
         self.events_in = 0
