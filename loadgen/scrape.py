@@ -30,6 +30,8 @@ COUNTERS = (
     "connects",
     "disconnects",
     "socket_states",
+    "redis_published",
+    "redis_received",
 )
 
 

@@ -67,7 +67,7 @@ def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
 
 def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: float, t1: float) -> tuple:
     """A FIFO single server (sorted arrivals ``t``, services ``s``) where job ``j`` with
-    ``follow[j] > 0`` hands the loop a write job of that service when it completes: a fan-out that
+    ``follow[j] >= 0`` (negative: none) hands the loop a write job of that service when it completes: a fan-out that
     enqueues on sockets whose writers run later, so jobs that arrived meanwhile go first.
 
     A write due before ``t1`` joins the queue at its arrival, behind the jobs that arrived earlier and
@@ -81,7 +81,7 @@ def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: 
     done = lindley(t, s, free_at)
     writes: list[int] = []
     while True:
-        pending = np.flatnonzero(follow > 0)
+        pending = np.flatnonzero(follow >= 0)
         if pending.size == 0:
             break
         j = int(pending[0])
@@ -90,13 +90,13 @@ def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: 
             break
         p = int(np.searchsorted(t, d, side="right"))
         service = float(follow[j])
-        follow[j] = 0.0
+        follow[j] = -1.0
         writes.append(int(parent[j]))
         t, s = np.insert(t, p, d), np.insert(s, p, service)
-        parent, follow = np.insert(parent, p, -len(writes)), np.insert(follow, p, 0.0)
+        parent, follow = np.insert(parent, p, -len(writes)), np.insert(follow, p, -1.0)
         done = np.insert(done, p, 0.0)
         done[p:] = lindley(t[p:], s[p:], float(done[p - 1]) if p else free_at)
-    deferred = [(int(parent[j]), float(done[j])) for j in np.flatnonzero(follow > 0)]
+    deferred = [(int(parent[j]), float(done[j])) for j in np.flatnonzero(follow >= 0)]
     return t, s, done, parent, writes, deferred
 
 
@@ -269,6 +269,9 @@ class Simulation:
         # only enqueues, and each socket's writer runs later as a job of its own
         self.fast = bool(cal.toggles.get("fast_fanout") or cal.toggles.get("recovery"))
         self.per_recipient = cal.cpu_per_delivery_s + (0.0 if cal.batching else cal.cpu_per_packet_s)
+        # with recovery on Redis every room emit is sequenced: its own node delivers it, like the others,
+        # only when the channel brings it back (a receive there too), not from the handler
+        self.sequenced = nodes > 1 and bool(cal.toggles.get("recovery"))
         self.rows = Rows(sink, log)
         self.rate = 0.0
         self.connects: list[tuple[float, int]] = []
@@ -441,7 +444,7 @@ class Simulation:
         jobs_t, jobs_s, jobs_k, jobs_i = [np.empty(0)], [np.empty(0)], [np.empty(0, int)], [np.empty(0, int)]
         idx = np.flatnonzero(self.node_of[ev_c] == n) if self.n_nodes > 1 else np.arange(ev_t.size)
         local = self.local_members(n)
-        recipients = np.where(is_chat[idx], local[self.company[ev_c[idx]]], 0)
+        recipients = np.where(is_chat[idx] & (not self.sequenced), local[self.company[ev_c[idx]]], 0)
         # enqueueing each recipient's delivery; its socket write too on the stock path (the fast one
         # writes later, a job of its own; with batching the flush writes)
         per = self.per_recipient if not self.fast else cal.cpu_per_delivery_s
@@ -516,11 +519,12 @@ class Simulation:
         order = np.argsort(t_all, kind="stable")
         t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
         # the fast fan-out's writes: one job per room emit, served when the loop reaches it
-        follow = np.zeros(t_all.size)
+        follow = np.full(t_all.size, -1.0)  # no writes
         spawn: dict[int, tuple[np.ndarray, float]] = {}
         if self.fast and not cal.batching:
             by_company: dict[int, np.ndarray] = {}
-            for j in np.flatnonzero((k_all == EV_CHAT) | (k_all == JOB_REMOTE)):
+            handled_here = (k_all == EV_CHAT) & (not self.sequenced)
+            for j in np.flatnonzero(handled_here | (k_all == JOB_REMOTE)):
                 if k_all[j] == EV_CHAT:
                     company, sent = int(self.company[ev_c[i_all[j]]]), float(t_all[j])
                 else:
@@ -595,7 +599,7 @@ class Simulation:
         rows.add(K["ack"], (d + base)[ok], conn=conn[ok], name=names[ok], latency=lat[ok], nbytes=self.wl.payload_bytes)
         rows.add(K["timeout"], (t + timeout)[~ok], conn=conn[~ok], name=names[~ok], latency=timeout)
         # room deliveries made by the handler itself (no batching): spread over the fan-out
-        for j in np.flatnonzero(k == EV_CHAT):
+        for j in np.flatnonzero(k == EV_CHAT) if not self.sequenced else ():
             company = self.company[conn[j]]
             members = self.members(n, company)
             self.events_out += members.size
@@ -698,11 +702,12 @@ class Simulation:
             self.rows.add(K["disconnect"], now, conn=int(cid), name=NAME["dropped: ping timeout"])
 
     def publish(self, chat_done: dict[int, np.ndarray]) -> None:
-        """Every chat published on one node is fanned out by every other node (Redis pub/sub)."""
+        """Every chat published on one node is fanned out by every other node (Redis pub/sub); sequenced
+        (recovery), by its own node too, when the channel brings it back."""
         cal = self.cal
         for origin, (done, sent, company) in chat_done.items():
             for n in range(self.n_nodes):
-                if n == origin:
+                if n == origin and not self.sequenced:
                     continue
                 local = self.local_members(n)
                 per = cal.cpu_per_delivery_s if self.fast else self.per_recipient

@@ -206,6 +206,8 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
             await self._handle_emit({**message, "host_id": self.host_id})
 
     async def _handle_emit(self, message):
+        if self.metrics is not None and message.get("host_id") != self.host_id:  # heard from Redis
+            self.metrics.redis_messages.labels(op="receive").inc()
         token = _SEQ.set(message.get("seq"))
         try:
             return await super()._handle_emit(message)
@@ -258,6 +260,8 @@ class LabRedisManager(socketio.AsyncRedisManager, LabManager):
             self._publish_error = type(exc).__name__
             self._local_only(data, f"Redis publish failed ({self._publish_error})")
             return None
+        if self.metrics is not None and data.get("method") == "emit":
+            self.metrics.redis_messages.labels(op="publish").inc()
         if self._publish_error is not None:
             log.warning("Redis publish works again")
             self._publish_error = None

@@ -113,6 +113,8 @@ def snapshot(lab: LabServer) -> dict:
             "token_cache": by_label(m.token_cache),
             "redis_errors": by_label(m.redis_errors),
             "redis_local_only": counter_value(m.redis_local_only),
+            "redis_published": by_label(m.redis_messages).get("publish", 0.0),
+            "redis_received": by_label(m.redis_messages).get("receive", 0.0),
             "socket_states": len(lab.sockets),
             "dashboard_clients": sum(x.value for f in m.dashboard_clients.collect() for x in f.samples),
         },

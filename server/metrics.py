@@ -102,6 +102,12 @@ class Metrics:
         )
         self.cleanups = Counter("socketio_cleanup_freed", "Items freed by cleanup", ["kind"], registry=r)
         self.redis_errors = Counter("socketio_redis_errors", "Failed Redis operations", ["op"], registry=r)
+        self.redis_messages = Counter(
+            "socketio_redis_messages",
+            "Room events published to Redis (op=publish) and heard from it (op=receive), for the model's costs",
+            ["op"],
+            registry=r,
+        )
         self.redis_local_only = Counter(
             "socketio_redis_local_only", "Emits no other node received (publish failed or none subscribed)", registry=r
         )

@@ -64,7 +64,7 @@ def test_batched_deliveries_cost_enqueue_then_one_packet_per_batch():
 
 def test_fan_out_writes_queue_behind_jobs_that_arrived_first():
     # a chat (enqueue 2 ms, then 10 ms of socket writes) and an echo that arrives during the enqueue
-    t, s, follow = np.array([0.0, 0.001]), np.array([0.002, 0.001]), np.array([0.010, 0.0])
+    t, s, follow = np.array([0.0, 0.001]), np.array([0.002, 0.001]), np.array([0.010, -1.0])
     _t2, _s2, done, parent, writes, deferred = fifo_with_writes(t, s, follow, 0.0, 1.0)
     assert list(parent) == [0, 1, -1] and writes == [0] and deferred == []
     assert done == pytest.approx([0.002, 0.003, 0.013])  # the echo is served before the writes
@@ -233,3 +233,22 @@ def test_a_node_pays_the_receive_cost_for_each_room_event_heard_from_redis():
     sim.run()
     # every chat: handler + publish on its node, receive on the other (no members' cost: 0 per delivery)
     assert total_work(sim) == pytest.approx(sim.events_in * (e + pub + rcv), rel=1e-9)
+
+
+def test_a_sequenced_room_event_is_delivered_on_its_own_node_only_after_redis(tmp_path):
+    """With recovery on Redis the origin publishes and delivers when the channel brings the emit back
+    (the server counts a receive there too): every member's push waits at least the round trip."""
+    e, pub, rcv, rtt = 1e-4, 3e-4, 2e-4, 2e-3
+    cal = Calibration(
+        cpu_per_event_s=e,
+        cpu_per_publish_s=pub,
+        cpu_per_receive_s=rcv,
+        redis_rtt_s=rtt,
+        toggles={"recovery": True},
+        **QUIET,
+    )
+    sim = Simulation(cal, chat_load(conns=4, rate=20), seed=1, nodes=2)
+    _t, kind, _c, _n, _name, latency, *_ = sim.run()
+    assert total_work(sim) == pytest.approx(sim.events_in * (e + pub + 2 * rcv), rel=1e-9)
+    push = latency[kind == K["push"]]
+    assert push.size == 4 * sim.events_in and push.min() >= e + pub + rtt + rcv - 1e-9

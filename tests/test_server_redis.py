@@ -71,6 +71,16 @@ async def test_chat_crosses_nodes(start_server, redis_url, tmp_path, profile):
     assert other.events == [], "company 2's client on node b received company 1's chat"
     for c in (on_a, on_b, other):
         await c.close()
+    # what the model's Redis costs are fitted on: one publish on a, the room event heard on b (and, sequenced
+    # by recovery in the optimized profile, on a too: a delivers it when the channel brings it back)
+    ca, cb = (await metrics(a.url))["counters"], (await metrics(b.url))["counters"]
+    heard_on_a = 1 if profile == "optimized" else 0
+    assert (ca["redis_published"], ca["redis_received"], cb["redis_published"], cb["redis_received"]) == (
+        1,
+        heard_on_a,
+        0,
+        1,
+    )
     if profile == "optimized":  # the token cache lives in Redis: node b never queried for a's user
         queries = (await metrics(a.url))["counters"]["db_queries"] + (await metrics(b.url))["counters"]["db_queries"]
         assert queries == 3
