@@ -1,12 +1,21 @@
-"""The PDF capacity report: every figure a projection of the runs listed in ``runs.json``."""
+"""The PDF capacity report: every figure a projection of the runs listed in ``runs.json``.
+
+Page 1 is what an SRE forwards: the question, a one-sentence answer, the capacity table (nodes from
+``eventlog.capacity``, simulated p95, CPU and memory per node, verdict against the SLO), how far the
+model can be trusted (``lab.answer.confidence``) and the seed claims with their two-part verdicts.
+The pages after it hold the evidence; the last lists every run a number came from.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import sys
-import textwrap
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -14,112 +23,341 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.textpath import TextToPath
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from eventlog import SLO, WARMUP_RULE, Run, timeseries
+from eventlog import SLO, WARMUP_RULE, Run, steps, timeseries
+from eventlog.capacity import node_capacity_text
 from model.parameters import Calibration
+from model.usl import usl_text
 
+from .answer import (
+    CONFIDENCE_RULE,
+    METRIC_NAMES,
+    CapacityRow,
+    answer_sentence,
+    capacity_table,
+    confidence,
+    envelope,
+    node_answers,
+    run_ids,
+    short_id,
+    thousands,
+)
 from .results import Summary, before_after, load_outputs
 from .tables import fmt
 
 A4 = (8.27, 11.69)
+LEFT, WIDTH = 0.06, 0.88  # the text column, in figure fractions
+LINE_SPACING = 1.25
+_TEXT_PATH = TextToPath()
 
 
-def _page(title: str) -> plt.Figure:
+def _page(title: str) -> Figure:
     fig = plt.figure(figsize=A4)
-    fig.text(0.06, 0.965, title, fontsize=15, weight="bold", va="top")
+    fig.text(LEFT, 0.965, title, fontsize=15, weight="bold", va="top")
     return fig
 
 
-def _text(fig: Figure, y: float, lines: list[str], size: float = 9.0, width: int = 100) -> float:
+def _line_h(size: float, lines: int = 1) -> float:
+    """The height of ``lines`` lines of text at ``size`` points, in figure fractions."""
+    return lines * size * LINE_SPACING / 72 / A4[1]
+
+
+@functools.lru_cache(maxsize=20_000)
+def _word_pt(word: str, size: float, bold: bool) -> float:
+    """A word's width in points, from the font's own metrics."""
+    prop = FontProperties(size=size, weight="bold" if bold else "normal")
+    return float(_TEXT_PATH.get_text_width_height_descent(word, prop, ismath=False)[0])
+
+
+def _wrap(text: str, width: float, size: float, bold: bool = False) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` (figure fraction), measured with the
+    font: a cell or a paragraph is wrapped, never cut. A word wider than the line is split by characters."""
+    limit = width * A4[0] * 72
+    space = _word_pt("a a", size, bold) - 2 * _word_pt("a", size, bold)
+    lines: list[str] = []
+    for para in str(text).split("\n"):
+        line, used = "", 0.0
+        for word in para.split():
+            w = _word_pt(word, size, bold)
+            while w > limit and len(word) > 1:  # a long run id: split it where it overflows
+                cut = max(1, int(len(word) * limit / w))
+                if line:
+                    lines.append(line)
+                    line, used = "", 0.0
+                lines.append(word[:cut])
+                word = word[cut:]
+                w = _word_pt(word, size, bold)
+            if line and used + space + w > limit:
+                lines.append(line)
+                line, used = "", 0.0
+            line, used = (f"{line} {word}", used + space + w) if line else (word, w)
+        lines.append(line)
+    return lines
+
+
+def _text(fig: Figure, y: float, lines: Sequence[str], size: float = 8.5, **kw: Any) -> float:
+    """Lines wrapped to the text column, from ``y`` down; returns the y below them."""
+    bold = kw.get("weight") == "bold"
     for line in lines:
-        for part in textwrap.wrap(line, width) or [""]:
-            fig.text(0.06, y, part, fontsize=size, va="top", family="DejaVu Sans")
-            y -= 0.0165 * size / 9
+        for part in _wrap(line, WIDTH, size, bold):
+            fig.text(LEFT, y, part, fontsize=size, va="top", **kw)
+            y -= _line_h(size)
     return y
 
 
 def _table(
-    fig: Figure, rect: tuple[float, float, float, float] | list[float], df: pd.DataFrame, size: float = 7.0
-) -> None:
-    ax = fig.add_axes((rect[0], rect[1], rect[2], rect[3]))
+    fig: Figure,
+    y: float,
+    title: str,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    widths: Sequence[float],
+    size: float = 7.0,
+    colors: Sequence[str | None] | None = None,
+) -> float:
+    """A titled table whose cells wrap (at spaces) to their column's width, so no cell is cut; returns
+    the y below it. ``widths`` are figure fractions; ``colors`` give each row's first-cell text colour."""
+    fig.text(LEFT, y, title, fontsize=size + 2, weight="bold", va="top")
+    y -= _line_h(size + 2) + 0.004
+    ax = fig.add_axes((0, 0, 1, 1), zorder=-1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
     ax.axis("off")
-    if df.empty:
-        return
-    cells = [[fmt(v) for v in row] for row in df.itertuples(index=False)]
-    t = ax.table(cellText=cells, colLabels=list(df.columns), loc="upper left", cellLoc="left")
-    t.auto_set_font_size(False)
-    t.set_fontsize(size)
-    t.scale(1, 1.25)
+    pad_x, pad_y = 0.004, 0.0025
+    for i, row in enumerate([list(header), *[list(r) for r in rows]]):
+        cells = [_wrap(str(c), w - 2 * pad_x, size, bold=i == 0) for c, w in zip(row, widths, strict=True)]
+        h = _line_h(size, max(len(c) for c in cells)) + 2 * pad_y
+        x = LEFT
+        shade = "#dde3ea" if i == 0 else "#f4f6f8" if i % 2 == 0 else "white"
+        for j, (lines, w) in enumerate(zip(cells, widths, strict=True)):
+            ax.add_patch(Rectangle((x, y - h), w, h, facecolor=shade, edgecolor="#9aa5b1", lw=0.4))
+            color = (colors[i - 1] if colors and i > 0 and j == 0 else None) or "black"
+            fig.text(
+                x + pad_x,
+                y - pad_y,
+                "\n".join(lines),
+                fontsize=size,
+                va="top",
+                linespacing=LINE_SPACING,
+                weight="bold" if i == 0 else "normal",
+                color=color,
+            )
+            x += w
+        y -= h
+    return y - 0.008
+
+
+def profile_colors(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per profile, the same for its measured and simulated figures on every page."""
+    palette = [plt.get_cmap("tab10")(i) for i in range(10)]
+    return {label: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, label in enumerate(labels)}
 
 
 def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Path:
     """Write ``<out_dir>/report.pdf`` (or ``pdf_path``) from the scenario outputs in ``out_dir``."""
     out_dir = Path(out_dir)
     out = load_outputs(out_dir)
-    record, model, summary = out["record"], out["model"], out["summary"]
+    model, summary = out["model"], out["summary"]
     labels = list(summary)
     capacity, validation = out["capacity"], out["validation"]
+    everyone = list(dict.fromkeys([*labels, *(model.get("capacity") or {}), *(model.get("calibrations") or {})]))
+    colors = profile_colors(everyone)
     pdf_path = Path(pdf_path) if pdf_path else out_dir / "report.pdf"
     with PdfPages(pdf_path) as pdf:
-        summary_page(pdf, record, model, summary, labels)
+        summary_page(pdf, out, colors)
         if len(labels) >= 2:
             before_after_page(pdf, summary, labels)
         if summary or not capacity.empty:
-            latency_page(pdf, summary, capacity)
+            latency_page(pdf, summary, capacity, colors)
         if summary:
-            resources_page(pdf, [s.run for s in summary.values()])
+            resources_page(pdf, summary, colors)
         if len(labels) > 2:
-            ablation_page(pdf, summary, labels)
+            ablation_page(pdf, summary, labels, colors)
+        if not out["sweep"].empty:
+            sweep_page(pdf, out["sweep"], model.get("sweep") or {}, _slo(summary))
         if model:
-            model_page(pdf, model, validation)
-        manifests_page(pdf, summary, record)
+            model_page(pdf, model, validation, summary)
+        manifests_page(pdf, out)
     return pdf_path
 
 
-def summary_page(pdf: PdfPages, record: dict, model: dict, summary: Summary, labels: list[str]) -> None:
+def _slo(summary: Summary) -> SLO:
+    first = next(iter(summary.values()), None)
+    return SLO.from_manifest(first.manifest) if first else SLO()
+
+
+def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str]) -> None:
+    record, model, summary = out["record"], out["model"], out["summary"]
+    labels = list(summary)
     fig = _page(f"Capacity report: {record['scenario']}")
     first = next(iter(summary.values()), None)
     manifest = first.manifest if first else None
     scen = manifest.scenario if manifest else {}
-    slo = SLO.from_manifest(manifest) if manifest else SLO()
+    slo = _slo(summary)
+    rows = capacity_table(out, slo)
+    caps = {label: cap for label, (cap, _) in node_answers(out).items()}
+    env = envelope(summary)
+    conf = confidence(out["validation"], list(dict.fromkeys([*caps, *labels])) if caps else [], rows, env, caps)
+    question = record.get("question") or scen.get("question") or "(see the scenario file)"
+    y = _text(fig, 0.925, [f"Question: {' '.join(str(question).split())}"], size=9.5)
+    sentence = answer_sentence(rows, summary, conf.grade if rows else None, model.get("sweep"), out["sweep"])
+    y = _text(fig, y - 0.004, [sentence], size=11, weight="bold")
     m = manifest.machine if manifest else {}
-    lines = [
-        f"Question: {scen.get('question', '(see scenario file)')}",
-        f"SLO: p95 <= {slo.p95_ms:g} ms, errors <= {slo.error_rate_pct:g} %. Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
-        f"Machine: {m.get('cores', '?')} cores, {fmt((m.get('memory_bytes') or 0) / 2**30, '{:.0f}')} GiB, "
-        f"{m.get('cpu_model', '?')}.",
-        "",
-        "Measured capacity of one node (step ramp; the last step of the leading run that held the SLO):",
+    machine = (
+        f" Measured on: {m.get('cores', '?')} cores, {fmt((m.get('memory_bytes') or 0) / 2**30, '{:.0f}')} GiB, "
+        f"{m.get('cpu_model', '?')}."
+        if manifest
+        else " No measured run in this folder: model only."
+    )
+    y = _text(
+        fig,
+        y - 0.004,
+        [
+            f"SLO: p95 <= {slo.p95_ms:g} ms, errors <= {slo.error_rate_pct:g} %.{machine} "
+            f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+        ],
+        size=7.5,
+    )
+    if rows:
+        y = capacity_section(fig, y - 0.01, rows, caps, model, colors)
+        y = _text(fig, y, [conf.text], size=8)
+        y = _text(fig, y, [f"(Grades: {CONFIDENCE_RULE}.)"], size=6.5, color="#555555")
+    y = _text(fig, y - 0.006, measured_lines(summary), size=8)
+    if len(labels) >= 2:
+        y = claims_section(fig, y - 0.01, summary, labels[0], labels[-1])
+    _text(
+        fig,
+        max(y - 0.006, 0.05),
+        [
+            f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample. Runs are named by the "
+            "last 6 characters of their ids; the last page lists the full ids, the next pages the evidence."
+        ],
+        size=6.5,
+        color="#555555",
+    )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def capacity_section(
+    fig: Figure,
+    y: float,
+    rows: list[CapacityRow],
+    caps: Mapping[str, Any],
+    model: Mapping[str, Any],
+    colors: Mapping[str, str],
+) -> float:
+    header = [
+        "profile",
+        "connections",
+        "nodes needed (eventlog.capacity)",
+        "on nodes",
+        "p95 ms (± 95 % CI)",
+        "CPU per node",
+        "memory per node",
+        "vs SLO",
+        "runs",
     ]
+    cells = [
+        [
+            r.label,
+            thousands(r.connections) + (" *" if r.extrapolated else ""),
+            r.answer.text(),
+            f"{r.simulated_nodes} node{'s' if r.simulated_nodes != 1 else ''}" if r.simulated_nodes else "n/a",
+            r.p95,
+            r.cpu_per_node,
+            r.memory_per_node,
+            r.slo,
+            " ".join(short_id(x) for x in r.runs),
+        ]
+        for r in rows
+    ]
+    widths = [0.075, 0.09, 0.225, 0.06, 0.1, 0.075, 0.075, 0.1, 0.08]
+    y = _table(
+        fig,
+        y,
+        "Nodes needed and the simulated figures on them (per profile and target load)",
+        header,
+        cells,
+        widths,
+        size=7,
+        colors=[colors.get(r.label) for r in rows],
+    )
+    rates = {label: c.get("events_per_connection") for label, c in (model.get("capacity") or {}).items()}
+    notes = []
+    for label, cap in caps.items():
+        ramps = [short_id(x) for x in (model.get("capacity") or {}).get(label, {}).get("ramp_runs", [])]
+        notes.append(
+            f"{label}: {node_capacity_text(cap)}, at {fmt(rates.get(label), '{:.3g}')} events/s per connection"
+            + (f"; simulated ramps {', '.join(ramps)}." if ramps else ".")
+        )
+    notes.append(
+        "Figures are simulated 'on nodes': the answer's nodes less the spare (the load with one node down), "
+        "mean of the replications with the 95 % CI; CPU in % of one core. * beyond the measured envelope."
+    )
+    return _text(fig, y, notes, size=7)
+
+
+def measured_lines(summary: Summary) -> list[str]:
+    lines = []
     for label, s in summary.items():
         row = s.row
         bound = ">= " if row["max_stable_is_lower_bound"] else ""
+        nodes = s.manifest.nodes or 1
         lines.append(
-            f"  - {label} [{s.run_id}]: {bound}{row['max_stable_connections']} connections, "
-            f"max {fmt(row['max_stable_throughput_eps'], '{:.0f}')} acked events/s within the SLO"
+            f"Measured {label} [{s.run_id}] on {nodes} node{'s' if nodes != 1 else ''}: held the SLO up to "
+            f"{bound}{row['max_stable_connections']} connections, "
+            f"{fmt(row['max_stable_throughput_eps'], '{:.0f}')} acked events/s; last step p95 {fmt(row['p95_ms'])} ms, "
+            f"errors {fmt(row['error_rate_pct'])} %, peak memory {fmt(row['peak_memory_mb'])} MB."
         )
-    for label, cap in (model.get("capacity") or {}).items():
-        nodes = ", ".join(f"{n}: {k}" for n, k in cap["nodes_needed_n_plus_1"].items())
-        lines += [
-            "",
-            f"Simulated ({label}, calibrated model): one node holds {cap['connections_per_node']} connections "
-            f"at {cap['events_per_connection']:.2f} events/s each (least of its simulated ramps: "
-            f"{cap.get('connections_per_node_each_replication', [cap['connections_per_node']])}); "
-            f"nodes needed with N+1 headroom -> {nodes}.",
-        ]
-    if len(labels) >= 2:
-        _, claims = before_after(summary, labels[0], labels[-1])
-        lines += ["", *claim_lines(claims, labels[0], labels[-1])]
-    lines += [
-        "",
-        f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample.",
-        "Every number names its run id; the run folders hold the manifests and event logs.",
+    return lines
+
+
+def batching_note(summary: Summary, before: str, after: str) -> str | None:
+    """Why p95 moves when the 'after' profile batches pushes, from the runs' own settings and figures."""
+    a, b = summary[after], summary[before]
+    server = a.manifest.server
+    if server is None or not server.toggles.get("batching"):
+        return None
+    window = float(server.settings.get("flush_interval_ms", math.nan))
+    ra, rb = a.row, b.row
+    return (
+        f"Batching and p95: {after} batches pushed events in a {window:g} ms flush window (flush_interval_ms), "
+        f"so a push waits 0-{window:g} ms for its window by design: its push p95 is {fmt(ra['push_p95_ms'])} ms, "
+        f"while acks, never batched, have p95 {fmt(ra['ack_p95_ms'])} ms ({before}: pushes "
+        f"{fmt(rb['push_p95_ms'])}, acks {fmt(rb['ack_p95_ms'])} ms). The p95 claim is judged over acks and pushes "
+        "together; batching buys fewer frames and less CPU per delivery at high fan-out, not latency."
+    )
+
+
+def claims_section(fig: Figure, y: float, summary: Summary, before: str, after: str) -> float:
+    _, claims = before_after(summary, before, after)
+    rows = [
+        [str(c.claim), f"{fmt(c.measured_before)} -> {fmt(c.measured_after)}", str(c.verdict)]
+        for c in claims.itertuples()
     ]
-    _text(fig, 0.92, lines)
-    pdf.savefig(fig)
-    plt.close(fig)
+    y = _table(
+        fig,
+        y,
+        f"Seed guide claims, {before} -> {after} [{short_id(summary[before].run_id)} -> "
+        f"{short_id(summary[after].run_id)}], judged at this scenario's load",
+        ["claim", "measured", "verdict: the bound (after within the claim), the improvement (vs the claimed size)"],
+        rows,
+        [0.22, 0.15, 0.51],
+        size=7,
+    )
+    note = batching_note(summary, before, after)
+    p95 = claims[claims["key"] == "p95_ms"]
+    if note and len(p95) and (p95["bound"].iloc[0] != "held" or p95["improvement"].iloc[0] != "reproduced"):
+        y = _text(fig, y, [note], size=7.5)
+    return y
 
 
 def claim_lines(claims: pd.DataFrame, before: str, after: str, why: bool = False) -> list[str]:
@@ -138,90 +376,279 @@ def claim_lines(claims: pd.DataFrame, before: str, after: str, why: bool = False
 
 
 def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:
-    fig = _page(f"Before and after: {labels[0]} vs {labels[-1]}")
-    table, claims = before_after(summary, labels[0], labels[-1])
-    _text(fig, 0.93, [f"runs: {summary[labels[0]].run_id} -> {summary[labels[-1]].run_id}"])
-    _table(
-        fig, [0.06, 0.55, 0.88, 0.35], table.drop(columns=["key"]).rename(columns={"improvement_pct": "improvement %"})
+    before, after = labels[0], labels[-1]
+    fig = _page(f"Before and after: {before} vs {after}")
+    table, claims = before_after(summary, before, after)
+    y = _text(fig, 0.93, [f"Runs: {before} {summary[before].run_id} -> {after} {summary[after].run_id}"], size=8)
+    cells = [
+        [str(r.metric), fmt(r.before), fmt(r.after), fmt(r.improvement_pct, "{:.3g}")]
+        for r in table.drop(columns=["key"]).itertuples()
+    ]
+    y = _table(
+        fig,
+        y - 0.005,
+        "Benchmark rows at the steady step (improvement: positive is better)",
+        ["metric", before, after, "improvement %"],
+        cells,
+        [0.34, 0.18, 0.18, 0.18],
+        size=7.5,
     )
-    _text(fig, 0.5, claim_lines(claims, labels[0], labels[-1], why=True), size=8, width=110)
+    rows = [
+        [str(c.claim), f"{fmt(c.measured_before)} -> {fmt(c.measured_after)}", str(c.verdict), str(c.why)]
+        for c in claims.itertuples()
+    ]
+    y = _table(
+        fig,
+        y - 0.01,
+        "Seed guide claims with their reasons",
+        ["claim", "measured", "verdict", "why"],
+        rows,
+        [0.17, 0.12, 0.3, 0.29],
+        size=7,
+    )
+    note = batching_note(summary, before, after)
+    _text(fig, y, [note] if note else [], size=8)
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def latency_page(pdf: PdfPages, summary: Summary, capacity: pd.DataFrame) -> None:
+def _log_connections(ax: Axes) -> None:
+    """Log x-axis with plain numbers (50, 200, 2 000, 10 000), so the measured points are not crammed at 0
+    (connections, or an event rate)."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: thousands(v)))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _log_ms(ax: Axes) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _slo_line(ax: Axes, slo: SLO) -> None:
+    ax.axhline(slo.p95_ms, color="crimson", ls="--", lw=1.2, label=f"SLO p95 {slo.p95_ms:g} ms")
+
+
+def latency_page(pdf: PdfPages, summary: Summary, capacity: pd.DataFrame, colors: Mapping[str, str]) -> None:
     fig = _page("Latency against connections and against event rate")
-    ax1 = fig.add_axes((0.1, 0.55, 0.82, 0.35))
-    ax2 = fig.add_axes((0.1, 0.1, 0.82, 0.35))
+    slo = _slo(summary)
+    ax1 = fig.add_axes((0.1, 0.55, 0.82, 0.34))
+    ax2 = fig.add_axes((0.1, 0.1, 0.82, 0.34))
     for label, s in summary.items():
         st = s.steps
-        ax1.plot(st["target"], st["p95_ms"], "o", label=f"{label} measured p95 [{s.run_id[-6:]}]")
-        ax2.plot(st["sends_per_s"], st["p95_ms"], "o-", label=f"{label} measured")
+        c = colors.get(label)
+        ax1.plot(st["target"], st["p95_ms"], "o", color=c, ms=6, label=f"{label} measured [{short_id(s.run_id)}]")
+        ax2.plot(st["sends_per_s"], st["p95_ms"], "o-", color=c, label=f"{label} measured [{short_id(s.run_id)}]")
     for label, g in capacity.groupby("label") if not capacity.empty else []:
         g = g.sort_values("connections")
-        ax1.plot(g["connections"], g["p95_ms"], "-", label=f"{label} simulated p95")
+        c = colors.get(str(label))
+        ci = g["p95_ms_ci"].fillna(0)
+        nodes = "/".join(str(int(n)) for n in g["nodes"]) if "nodes" in g else "1"
+        ax1.plot(g["connections"], g["p95_ms"], "s-", color=c, label=f"{label} simulated p95 on {nodes} nodes")
         ax1.fill_between(
-            g["connections"], g["p95_ms"] - g["p95_ms_ci"].fillna(0), g["p95_ms"] + g["p95_ms_ci"].fillna(0), alpha=0.25
+            g["connections"],
+            (g["p95_ms"] - ci).clip(lower=1e-3),
+            g["p95_ms"] + ci,
+            color=c,
+            alpha=0.2,
+            label=f"{label} simulated: 95 % CI over replications",
         )
-    for ax, xl in ((ax1, "connections"), (ax2, "offered events/s")):
-        ax.set_xlabel(xl)
+    ax1.set_title("p95 against connections (log axes)", fontsize=10)
+    ax2.set_title("p95 against offered event rate, measured steps", fontsize=10)
+    _log_connections(ax1)
+    ax1.set_xlabel("connections (total over the nodes)")
+    _log_connections(ax2)
+    ax2.set_xlabel("offered events/s")
+    for ax in (ax1, ax2):
+        _slo_line(ax, slo)
+        _log_ms(ax)
         ax.set_ylabel("p95 latency (ms)")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, which="both")
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, loc="upper left")
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def resources_page(pdf: PdfPages, runs: list[Run]) -> None:
-    fig = _page("CPU, memory and event-loop lag (measured, per second)")
-    axes = [fig.add_axes((0.1, y, 0.82, 0.24)) for y in (0.64, 0.36, 0.08)]
-    for run in runs:
+def resources_page(pdf: PdfPages, summary: Summary, colors: Mapping[str, str]) -> None:
+    fig = _page("CPU, memory and event-loop lag over each measured run")
+    axes = [fig.add_axes((0.1, y, 0.82, 0.23)) for y in (0.64, 0.37, 0.1)]
+    for label, s in summary.items():
+        run: Run = s.run
         ts = timeseries(run.events)
-        label = f"{run.manifest.label} [{run.run_id[-6:]}]"
+        c = colors.get(label)
         for ax, col in zip(axes, ("cpu_pct", "rss_mb", "loop_lag_ms"), strict=True):
             if col in ts:
-                ax.plot(ts.index, ts[col], label=label, lw=1)
+                ax.plot(ts.index, ts[col], color=c, label=f"{label} [{short_id(run.run_id)}]", lw=1)
+        marks = steps(run.events)  # the log's own clock, as the series
+        for ax in axes:
+            for t in marks["start"]:
+                ax.axvline(t, color=c, ls=":", lw=0.9)
+        if label == next(iter(summary)) and len(marks):
+            rates = dict(zip(s.steps["step"], s.steps["sends_per_s"], strict=False)) if len(s.steps) else {}
+            top = axes[0].secondary_xaxis("top")
+            top.set_xticks(
+                list(marks["start"]),
+                [
+                    f"{k}: {t} conns\n{rates.get(k, math.nan):.0f} ev/s"
+                    for k, t in zip(marks["step"], marks["target"], strict=True)
+                ],
+                fontsize=6.5,
+                ha="left",
+            )
     for ax, yl in zip(axes, ("server CPU % of one core", "RSS (MB)", "loop lag max (ms)"), strict=True):
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.tick_params(labelsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_title(
+        f"dotted lines: load step starts ({next(iter(summary))}: step, connections, offered events/s); "
+        "one colour per profile",
+        fontsize=8.5,
+        pad=22,
+    )
     axes[-1].set_xlabel("seconds since run start")
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def ablation_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:
+def ablation_page(pdf: PdfPages, summary: Summary, labels: list[str], colors: Mapping[str, str]) -> None:
     fig = _page(f"Ablation: each variant against {labels[0]}")
-    rows = pd.DataFrame(
+    metrics = ("p95_ms", "mean_cpu_pct", "max_stable_throughput_eps", "peak_memory_mb", "error_rate_pct")
+    rows = pd.DataFrame([{**v.row, "label": k, "run": v.run_id} for k, v in summary.items()])[
+        ["label", *metrics, "run"]
+    ]
+    cells = [
         [
-            {
-                "label": k,
-                **{
-                    m: v.row[m]
-                    for m in ("p95_ms", "mean_cpu_pct", "max_stable_throughput_eps", "peak_memory_mb", "error_rate_pct")
-                },
-                "run": v.run_id,
-            }
-            for k, v in summary.items()
+            str(r.label),
+            fmt(r.p95_ms, "{:.3g}"),
+            fmt(r.mean_cpu_pct, "{:.2g}"),
+            fmt(r.max_stable_throughput_eps, "{:.0f}"),
+            fmt(r.peak_memory_mb, "{:.0f}"),
+            fmt(r.error_rate_pct, "{:.2g}"),
+            str(r.run),
         ]
+        for r in rows.itertuples()
+    ]
+    y = _table(
+        fig,
+        0.93,
+        "Steady-step figures per variant",
+        ["variant", "p95 ms", "CPU %", "max stable events/s", "peak MB", "errors %", "run"],
+        cells,
+        [0.14, 0.08, 0.07, 0.12, 0.08, 0.08, 0.31],
+        size=7,
+        colors=[colors.get(str(r)) for r in rows["label"]],
     )
-    _table(fig, [0.06, 0.62, 0.88, 0.3], rows)
-    ax = fig.add_axes((0.1, 0.1, 0.82, 0.45))
+    ax = fig.add_axes((0.1, 0.12, 0.82, min(0.45, y - 0.2)))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, rows["mean_cpu_pct"], 0.4, label="CPU % (last step)")
-    ax.bar(x + 0.2, rows["p95_ms"].clip(upper=5000), 0.4, label="p95 ms (clipped at 5 s)")
-    ax.set_xticks(x, rows["label"], rotation=30, fontsize=7)
-    ax.legend(fontsize=7)
+    ax.bar(x - 0.2, rows["mean_cpu_pct"], 0.4, color=[colors.get(str(r)) for r in rows["label"]], label="CPU %")
+    ax2 = ax.twinx()
+    ax2.bar(x + 0.2, rows["p95_ms"], 0.4, color="#888888", label="p95 ms (right axis, log)")
+    ax2.set_yscale("log")
+    ax2.axhline(_slo(summary).p95_ms, color="crimson", ls="--", lw=1.2, label="SLO p95")
+    ax.set_xticks(x, list(rows["label"]), rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("server CPU % of one core (coloured)")
+    ax2.set_ylabel("p95 ms (grey)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame) -> None:
+def sweep_page(pdf: PdfPages, sweep: pd.DataFrame, record: Mapping[str, Any], slo: SLO) -> None:
+    fig = _page("What-if sweep")
+    keys = [
+        c for c in sweep.columns if not c.endswith("_ci") and c not in SWEEP_FIGURES and c not in ("meets_slo", "over")
+    ]
+    keys = [k for k in keys if k != "over_node_limit"]
+    lines = [
+        f"Fewest nodes meeting the SLO: {record.get('fewest_nodes_meeting_slo', 'n/a')}, with N+1: "
+        f"{record.get('with_n_plus_1', 'n/a')}. Node connection limit: {record.get('node_limit', 'none')}."
+    ]
+    if record.get("changed_settings"):
+        lines.append(f"Settings changed from the calibrated server: {', '.join(record['changed_settings'])}.")
+    y = _text(fig, 0.93, lines, size=8.5)
+    cells = []
+    for r in sweep.to_dict("records"):
+        over = bool(r.get("over_node_limit"))
+        nodes = float(r.get("nodes") or 1)
+        cells.append(
+            [
+                *(fmt(r.get(k), "{:g}") for k in keys),
+                "not run: over the node limit" if over else _pm(r, "p95_ms"),
+                "" if over else fmt(r["mean_cpu_pct"] / nodes, "{:.2g}"),
+                "" if over else fmt(r.get("error_rate_pct"), "{:.2g}"),
+                "n/a (not run)" if over else "yes" if r.get("meets_slo") else "no",
+            ]
+        )
+    w = 0.88 - 0.5
+    y = _table(
+        fig,
+        y - 0.005,
+        f"Sweep grid (SLO p95 <= {slo.p95_ms:g} ms)",
+        [*keys, "p95 ms (± 95 % CI)", "CPU % per node", "errors %", "meets SLO"],
+        cells[:45],
+        [w / max(1, len(keys))] * len(keys) + [0.2, 0.1, 0.1, 0.1],
+        size=6.5,
+    )
+    if "nodes" in sweep and sweep["p95_ms"].notna().any() and y > 0.35:
+        height = min(0.4, y - 0.15)
+        sweep_chart(fig.add_axes((0.1, y - 0.06 - height, 0.82, height)), sweep, keys, slo)
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+SWEEP_FIGURES = ("p95_ms", "error_rate_pct", "mean_cpu_pct", "throughput_eps")
+
+
+def sweep_chart(ax: Axes, sweep: pd.DataFrame, keys: list[str], slo: SLO) -> None:
+    """p95 (with its 95 % CI) against nodes, one line per setting of the other grid keys."""
+    others = [k for k in keys if k not in ("nodes", "connections")]
+    groups = sweep.groupby(others, dropna=False) if others else [((), sweep)]
+    for i, (key, g) in enumerate(groups):
+        g = g.sort_values("nodes")
+        ok = g[g["p95_ms"].notna()]
+        values = key if isinstance(key, tuple) else (key,)
+        name = ", ".join(f"{k}={float(v):g}" for k, v in zip(others, values, strict=True)) or "p95"
+        color = plt.get_cmap("Set2")(i % 8)
+        ax.errorbar(
+            ok["nodes"],
+            ok["p95_ms"],
+            yerr=ok.get("p95_ms_ci"),
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=f"{name} (95 % CI bars)",
+        )
+    over = sweep[sweep.get("over_node_limit", pd.Series(False, index=sweep.index)).fillna(False).astype(bool)]
+    for n in sorted(set(over["nodes"])):
+        ax.axvspan(n - 0.3, n + 0.3, color="#cccccc", alpha=0.5)
+    _slo_line(ax, slo)
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_xticks(sorted(set(sweep["nodes"])))
+    ax.set_title("Simulated p95 against nodes", fontsize=10)
+    ax.grid(alpha=0.3)
+    handles, names = ax.get_legend_handles_labels()
+    if len(over):
+        handles.append(Patch(color="#cccccc", alpha=0.5))
+        names.append("over the node connection limit: not run")
+    ax.legend(handles, names, fontsize=7)
+
+
+def _pm(r: Mapping[str, Any], m: str) -> str:
+    from .answer import plus_minus
+
+    return plus_minus(float(r[m]), float(r.get(m + "_ci", math.nan)))
+
+
+def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Summary) -> None:
     fig = _page("Model: validation against fixed bands, calibration, assumptions")
-    lines = [f"Bands (fixed before fitting): {model.get('bands', '')}"]
+    lines = [f"Bands (fixed before fitting): {model.get('bands', '')}."]
     for label, path in (model.get("calibrations") or {}).items():
         try:
             cal = Calibration.load(path)
@@ -231,39 +658,62 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame) -> None:
             print(f"caplab report: warning: calibration {path} of {label} could not be read: {why}", file=sys.stderr)
             continue
         lines.append(
-            f"{label}: cpu/event {cal.cpu_per_event_s * 1e6:.1f} us, per delivery {cal.cpu_per_delivery_s * 1e6:.2f} us, "
-            f"per packet {cal.cpu_per_packet_s * 1e6:.2f} us, per connect {cal.cpu_per_connect_s * 1e3:.2f} ms, "
-            f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.1f} KB/conn, "
-            f"GC {cal.gc.collections_per_event:.2e}/event ({cal.gc.dist}, KS p {fmt(cal.gc.ks_pvalue)}), "
-            f"CPU fit R2 {fmt(cal.fit.get('cpu', {}).get('r2'))}; runs {', '.join(cal.source_runs)}"
+            f"{label}: CPU per event {cal.cpu_per_event_s * 1e6:.3g} us, per delivery {cal.cpu_per_delivery_s * 1e6:.3g} us, "
+            f"per packet {cal.cpu_per_packet_s * 1e6:.3g} us, per connect {cal.cpu_per_connect_s * 1e3:.3g} ms; "
+            f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.3g} KB per connection; "
+            f"GC {cal.gc.collections_per_event:.2g} per event ({cal.gc.dist}, KS p {fmt(cal.gc.ks_pvalue, '{:.2g}')}); "
+            f"CPU fit R2 {fmt(cal.fit.get('cpu', {}).get('r2'), '{:.2f}')}; runs {', '.join(cal.source_runs)}"
         )
-        lines += [f"  assumption: {a}" for a in cal.assumptions]
+        lines += [f"    assumption: {a}" for a in cal.assumptions]
     for label, u in (model.get("usl") or {}).items():
-        if "sigma" in u:
-            lines.append(
-                f"USL cross-check {label}: sigma {u['sigma']:.3g}, kappa {u['kappa']:.3g}, "
-                f"peak at {u['peak_load']:.0f} connections, R2 {u['r2']:.3f}"
-            )
-    y = _text(fig, 0.93, lines, size=7.5, width=125)
+        tried = float(summary[label].steps["target"].max()) if label in summary and len(summary[label].steps) else None
+        lines.append(f"USL cross-check {label}: {usl_text(u, tried)}")
+    y = _text(fig, 0.93, lines, size=7.5)
     if not validation.empty:
-        v = validation[validation["verdict"] != "n/a (saturated)"]
-        summary = (
-            v.groupby(["label", "metric"])
-            .agg(
-                n=("verdict", "size"),
-                within=("verdict", lambda s: int((s == "within band").sum())),
-                median_abs_error_pct=("error_pct", lambda e: float(np.nanmedian(np.abs(e)))),
+        v = validation[~validation["verdict"].isin(["n/a (saturated)"])]
+        v = v.assign(held_out=v["held_out"].astype(bool) if "held_out" in v else False)
+        rows = []
+        for (label, metric, held_out), g in v.groupby(["label", "metric", "held_out"], sort=False):
+            band = float(g["band_pct"].iloc[0]) if "band_pct" in g else math.nan
+            within = int(g["verdict"].isin(["within band", "within measurement noise"]).sum())
+            rows.append(
+                [
+                    str(label),
+                    METRIC_NAMES.get(str(metric), str(metric)),
+                    "held out" if held_out else "fitted on",
+                    f"{within} of {len(g)}",
+                    fmt(band, "{:.0f}"),
+                    fmt(
+                        float(np.nanmedian(np.abs(g["error_pct"]))) if g["error_pct"].notna().any() else None, "{:.2g}"
+                    ),
+                ]
             )
-            .reset_index()
+        measured_ids = ", ".join(f"{k} {s.run_id}" for k, s in summary.items())
+        y = _text(
+            fig,
+            y - 0.01,
+            [
+                f"Each measured run ({measured_ids}) simulated by the model fitted on its first half: "
+                "steps 'fitted on' were seen by the fit, 'held out' were not."
+            ],
+            size=7.5,
         )
-        _text(fig, y - 0.01, ["Validation (held-out steps included; per label and metric):"], size=8)
-        _table(fig, [0.06, 0.05, 0.88, max(0.1, y - 0.1)], summary, size=7)
+        _table(
+            fig,
+            y - 0.004,
+            "Validation per profile and metric: steps within the band fixed before fitting",
+            ["profile", "metric", "steps", "within band", "band %", "median |error| %"],
+            rows,
+            [0.14, 0.18, 0.14, 0.14, 0.12, 0.16],
+            size=7,
+        )
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def manifests_page(pdf: PdfPages, summary: Summary, record: dict) -> None:
-    fig = _page("Runs used")
+def manifests_page(pdf: PdfPages, out: Mapping[str, Any]) -> None:
+    """Every run a number came from: measured runs with their checks, then the simulated ones by purpose."""
+    summary, record, model = out["summary"], out["record"], out["model"]
     lines = []
     for _label, s in summary.items():
         m = s.manifest
@@ -273,12 +723,28 @@ def manifests_page(pdf: PdfPages, summary: Summary, record: dict) -> None:
         )
         for c in s.checks:
             lines.append(f"    check: {'ok' if c['ok'] else 'FAILED'}: {c['check']}: {c['detail']}")
-    sims = record.get("simulated", [])
-    if sims:
-        lines.append(
-            f"Simulated runs ({len(sims)}): {', '.join(Path(s).name for s in sims[:40])}"
-            + (" ..." if len(sims) > 40 else "")
-        )
-    _text(fig, 0.93, lines, size=7, width=130)
+    listed: set[str] = set()
+    for label, cap in (model.get("capacity") or {}).items():
+        ramps = [str(x) for x in cap.get("ramp_runs", [])]
+        if ramps:
+            lines.append(f"Simulated ramps behind {label}'s node counts: {', '.join(ramps)}")
+            listed.update(ramps)
+    capacity = out["capacity"]
+    for r in capacity.to_dict("records") if not capacity.empty else []:
+        ids = run_ids(r.get("run_ids"))
+        lines.append(f"Simulated {r['label']} at {thousands(r['connections'])} connections: {', '.join(ids)}")
+        listed.update(ids)
+    rest = [Path(s).name for s in record.get("simulated", []) if Path(s).name not in listed]
+    if rest:
+        lines.append(f"Other simulated runs (validation, sweep; {len(rest)}): {', '.join(rest)}")
+    fig = _page("Runs used")
+    y = 0.93
+    for line in lines:
+        if y < 0.05:
+            pdf.savefig(fig)
+            plt.close(fig)
+            fig = _page("Runs used (continued)")
+            y = 0.93
+        y = _text(fig, y, [line], size=6.5)
     pdf.savefig(fig)
     plt.close(fig)

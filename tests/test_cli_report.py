@@ -17,9 +17,11 @@ import pytest
 from pypdf import PdfReader
 
 from eventlog import benchmark_row, read_run
+from eventlog.capacity import NodeCapacity, node_capacity_text
 from lab.results import load_outputs
 from lab.servers import ServerProcess, ServerStartError, create_users
 from lab.tables import fmt
+from model.usl import fit_usl, usl
 
 TINY = """\
 name: tiny
@@ -152,7 +154,8 @@ def test_report_text_holds_the_values_computed_from_the_runs(tiny_outputs):
     claims = pd.read_csv(out / "claims-baseline-vs-optimized.csv")
     assert len(claims) == 6
     for c in claims.itertuples():
-        assert f"{c.claim}: measured" in text and str(c.verdict) in text, c.claim
+        # one table row per claim: the claim, the measured values, the verdict
+        assert f"{c.claim} {fmt(c.measured_before)} -> {fmt(c.measured_after)} {c.verdict}" in text, c.claim
         assert str(c.verdict).startswith(f"bound {str(c.bound).upper()}, improvement {str(c.improvement).upper()}")
 
 
@@ -283,3 +286,73 @@ def test_a_live_scrape_records_the_settings_of_the_declared_profile(tmp_path):
     assert run.manifest.server is not None and run.manifest.server.toggles["batching"]
     assert set(SETTINGS_USED) <= set(settings_of(run))
     assert ((run.events["kind"] == "sample") & (run.events["name"] == "events_in")).sum() >= 2
+
+
+def _page_text(pdf: Path, page: int = 0) -> str:
+    return " ".join(PdfReader(pdf).pages[page].extract_text().split())
+
+
+def test_page_one_answers_with_the_capacity_table_confidence_and_claims(tiny_outputs):
+    """Page 1: the capacity table titled, each target's answer in eventlog.capacity's words, the confidence
+    line with the held-out band counts of validation.csv, and the seed claims' two-part verdicts."""
+    out, pdf = tiny_outputs
+    text = _page_text(pdf)
+    assert "Question: does the whole flow run end to end on small settings?" in text
+    assert "Nodes needed and the simulated figures on them" in text
+    model = json.loads((out / "model.json").read_text())
+    targets = set()
+    for label, rec in model["capacity"].items():
+        cap = NodeCapacity.from_record(rec)
+        assert node_capacity_text(cap) in text, label
+        for n, answer in rec["nodes"].items():
+            assert cap.answer(int(n)).text() == answer["text"]  # the one answer: model.json and a recomputation
+            assert answer["text"] in text, (label, n)
+            targets.add(int(n))
+    top = max(targets)
+    assert f"{top} connections need " in text and "nodes with one spare (N+1)" in text  # the one-sentence answer
+    # confidence: per profile, the held-out steps within their band (an oracle over validation.csv)
+    validation = pd.read_csv(out / "validation.csv")
+    assert "Confidence: " in text
+    for label, v in validation[validation["held_out"]].groupby("label"):
+        assert f"{label} on held-out steps" in text
+        for metric, name in (("p95_ms", "p95"), ("cpu_pct", "CPU"), ("memory_mb", "memory")):
+            m = v[(v["metric"] == metric) & ~v["verdict"].isin(["n/a (saturated)", "not measurable"])]
+            if len(m):
+                held = int(m["verdict"].isin(["within band", "within measurement noise"]).sum())
+                assert f"{name} {held} of {len(m)}" in text, (label, metric)
+    # 300 connections lie beyond the 30 the tiny ramp measured: flagged, and so is the grade
+    assert "Outside the validated envelope (measured up to 30 connections" in text and f"at {top}" in text
+    assert "Confidence: HIGH" not in text
+    claims = pd.read_csv(out / "claims-baseline-vs-optimized.csv")
+    assert "Seed guide claims, baseline -> optimized" in text
+    for c in claims.itertuples():
+        assert str(c.claim) in text and str(c.verdict) in text, c.claim
+
+
+def test_a_degenerate_usl_fit_is_reported_as_not_informative(tiny_outputs, tmp_path):
+    """A USL fit of an open-loop ramp (R2 0.43, peak 4.7e10 connections, as the reference quickstart's) is
+    printed with its reason, never as numbers; a fit that describes its points is printed as numbers."""
+    out, _ = tiny_outputs
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    model = json.loads((copy / "model.json").read_text())
+    n = np.array([1, 2, 4, 8, 16, 32])
+    model["usl"] = {
+        "baseline": {
+            "lambda": 1.15,
+            "sigma": 1.26e-18,
+            "kappa": 4.54e-22,
+            "r2": 0.4297,
+            "peak_load": 46944694334.7,
+            "peak_throughput": 2.7e10,
+            "n_points": 4,
+        },
+        "optimized": fit_usl(n, usl(n, 100.0, 0.05, 0.01)),
+    }
+    (copy / "model.json").write_text(json.dumps(model))
+    res = caplab("report", str(copy))
+    assert res.returncode == 0, res.stderr
+    text = " ".join(" ".join(p.extract_text() for p in PdfReader(copy / "report.pdf").pages).split())
+    assert "USL cross-check baseline: not informative: R2 0.43 < 0.9; peak at 4.7e+10" in text
+    assert "46944694335" not in text and "sigma 1.3e-18" not in text
+    assert "USL cross-check optimized: sigma 0.05, kappa 0.01, peak at 9.75 connections" in text
