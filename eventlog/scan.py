@@ -37,6 +37,7 @@ K = len(KINDS)
 SAMPLE = KIND_INDEX["sample"]
 ACK, PUSH, SEND = KIND_INDEX["ack"], KIND_INDEX["push"], KIND_INDEX["send"]
 CONNECT_OK, DISCONNECT, CONNECT_START = KIND_INDEX["connect_ok"], KIND_INDEX["disconnect"], KIND_INDEX["connect_start"]
+CONNECT_FAIL = KIND_INDEX["connect_fail"]
 ERROR_CODES = np.array([KIND_INDEX[k] for k in ("connect_fail", "timeout", "reject", "error")])
 
 # latency buckets: the float's exponent and top 6 mantissa bits (1/64 of an octave), 1e-7 s .. 1e5 s;
@@ -153,6 +154,7 @@ class Overview:
     connect_ok_n: int
     connect_ok_t_max: float
     connect_start_t_min: float
+    connect_fail_by: dict[str, int]  # connect_fail rows by name (the generator's reason)
 
     def live(self) -> pd.Series:
         return pd.Series(np.cumsum(self.live_delta), index=self.live_t)
@@ -170,6 +172,7 @@ def _overview(source: Source) -> Overview:
     live_t: list[np.ndarray] = []
     live_d: list[np.ndarray] = []
     ok_n, ok_max, start_min = 0, -np.inf, np.inf
+    fails: dict[str, int] = {}
     for b in batches(source, ("conn", "node", "value"), names=True):
         rows += b.t.size
         t_min, t_max = min(t_min, float(b.t.min())), max(t_max, float(b.t.max()))
@@ -199,6 +202,10 @@ def _overview(source: Source) -> Overview:
         st = b.kind == CONNECT_START
         if st.any():
             start_min = min(start_min, float(b.t[st].min()))
+        f = b.kind == CONNECT_FAIL
+        if f.any():
+            for name, n in zip(*np.unique(b.names(f).astype(str), return_counts=True), strict=True):
+                fails[str(name)] = fails.get(str(name), 0) + int(n)
     frame = (
         pd.concat(samples, ignore_index=True)
         if samples
@@ -221,6 +228,7 @@ def _overview(source: Source) -> Overview:
         connect_ok_n=ok_n,
         connect_ok_t_max=ok_max if ok_n else float("nan"),
         connect_start_t_min=start_min if np.isfinite(start_min) else float("nan"),
+        connect_fail_by=fails,
     )
 
 

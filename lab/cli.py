@@ -29,12 +29,15 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import benchmark_row, read_run
     from loadgen import read_tokens, run_load
+    from loadgen.cluster import ClusterError
     from loadgen.launch import abort_on_signals
 
+    from .executor import cluster_address
     from .loadcli import server_identity, spec_from_args
     from .tables import connection_counts, format_row
 
     spec = spec_from_args(args)
+    cluster = cluster_address(args.cluster)
     try:
         tokens = read_tokens(args.tokens)
     except (OSError, ValueError) as exc:
@@ -44,9 +47,12 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     if warning:
         print(f"caplab load: warning: {warning}", file=sys.stderr)
     with abort_on_signals():
-        run_dir = run_load(spec, args.out, tokens, name=args.name, manifest_fields=identity)
+        try:
+            run_dir = run_load(spec, args.out, tokens, name=args.name, manifest_fields=identity, cluster=cluster)
+        except ClusterError as exc:
+            raise UsageError(str(exc)) from None
         run = read_run(run_dir)
-    print(format_row(benchmark_row(run.events, run.manifest), connection_counts(run.events)))
+    print(format_row(benchmark_row(run, run.manifest), connection_counts(run)))
     print(run_dir)
     return 0
 
@@ -116,11 +122,11 @@ def _show_run(run_dir: Path) -> int:
         shown.update(status=status, status_recorded=run.manifest.status, status_reason=why)
     print(json.dumps(shown, indent=2, default=str))
     try:
-        row = benchmark_row(run.events, run.manifest)
+        row = benchmark_row(run, run.manifest)
     except Exception as exc:  # a damaged log: say why, after the manifest
         print(f"caplab runs: error: {run_dir.name}: no benchmark row: {_why_no_row(run, exc)}", file=sys.stderr)
         return 1
-    print(format_row(row, connection_counts(run.events)))
+    print(format_row(row, connection_counts(run)))
     return 0
 
 
@@ -134,6 +140,7 @@ def _why_no_row(run: Run, exc: Exception) -> str:
 
 
 def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
+    from loadgen.cluster import ClusterError, generators_on
     from loadgen.launch import abort_on_signals
 
     from .executor import cluster_address, runs_root
@@ -142,10 +149,18 @@ def cmd_run(args: argparse.Namespace, rest: list[str]) -> int:
     sc = validated_scenario(args.scenario)
     reuse = [_measured_run(p) for p in args.reuse] if args.reuse else None
     cluster = cluster_address(args.cluster, sc.cluster)
-    with abort_on_signals():
-        out_dir = run_scenario(
-            sc, runs_root(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse, cluster=cluster
+    if args.load_on_cluster and cluster is None:
+        raise UsageError(
+            "--load-on-cluster: no cluster: pass --cluster, set DASK_SCHEDULER_ADDRESS or give the scenario "
+            "'cluster:'; nothing started"
         )
+    with abort_on_signals(), generators_on(cluster if args.load_on_cluster else None):
+        try:
+            out_dir = run_scenario(
+                sc, runs_root(args.runs), Path(args.reports), quiet=args.quiet, reuse=reuse, cluster=cluster
+            )
+        except ClusterError as exc:
+            raise UsageError(str(exc)) from None
     print(f"outputs: {out_dir}")
     pdf = out_dir / "report.pdf"
     print(pdf if pdf.exists() else out_dir)
@@ -256,6 +271,10 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     from .tables import connection_counts
 
     cal = _calibration(args.calibration)
+    if args.replay:
+        return _replay(cal, args)
+    if args.connections is None or args.rate is None or args.duration is None:
+        raise UsageError("--connections, --events-per-connection and --duration are required (or --replay RUN)")
     if args.connections < 1 or args.rate < 0 or args.duration <= 0:
         raise UsageError("--connections >= 1, --events-per-connection >= 0 and --duration > 0 are required")
     if args.replications < 1 or args.nodes < 1:
@@ -275,10 +294,12 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
         raise UsageError(f"{'.'.join(str(x) for x in err['loc']) or 'load'}: {err['msg']}") from None
     root = runs_root(args.out)
     with simulations_on(cluster_address(args.cluster), root, "replications"):
-        dirs = replicate(cal, wl, root, args.replications, args.seed, nodes=args.nodes, name="simulate")
-    runs = [read_run(d) for d in dirs]
-    rows: list[dict[str, Any]] = [dict(benchmark_row(r.events, r.manifest)) for r in runs]
-    connects = [connection_counts(r.events) for r in runs]
+        dirs = replicate(
+            cal, wl, root, args.replications, args.seed, nodes=args.nodes, name="simulate", extra={"log": args.log}
+        )
+    runs = [read_run(d) for d in dirs]  # projected from their parts, in bounded memory
+    rows: list[dict[str, Any]] = [dict(benchmark_row(r, r.manifest)) for r in runs]
+    connects = [connection_counts(r) for r in runs]
     for row, c in zip(rows, connects, strict=True):
         row["connections_refused"] = c["failed"]
     total = f"total of {args.nodes} nodes" if args.nodes > 1 else "one node"
@@ -332,6 +353,29 @@ class _DeprecatedRate(argparse.Action):
                 file=sys.stderr,
             )
         setattr(namespace, self.dest, values)
+
+
+def _replay(cal: Calibration, args: argparse.Namespace) -> int:
+    """``simulate --replay RUN``: the model driven by a measured run's exact arrivals, compared per second."""
+    from model.replay import replay_and_compare
+
+    measured = _run_folder(args.replay)
+    if measured.manifest.source != "measured":
+        raise UsageError(f"--replay {args.replay}: a {measured.manifest.source} run; replay takes a measured one")
+    try:
+        run_dir, _per_s, per_step = replay_and_compare(cal, measured.path, args.out, args.seed)
+    except ValueError as exc:
+        raise UsageError(f"--replay {args.replay}: {exc}") from None
+    print(f"replay of {measured.run_id} with {args.calibration} (exact sends, connects and client closes)")
+    print(f"{'step':>4} {'conns':>6}  {'metric':<15} {'measured':>10} {'replayed':>10} {'error':>8}")
+    for row in per_step.itertuples():
+        for metric in ("throughput_eps", "p50_ms", "p95_ms", "cpu_pct"):
+            m, r, e = (getattr(row, f"{metric}_{x}") for x in ("measured", "replayed", "error_pct"))
+            err = f"{e:+7.1f}%" if math.isfinite(e) else "     n/a"
+            print(f"{row.step:>4} {row.target:>6}  {metric:<15} {m:10.2f} {r:10.2f} {err}")
+    print(run_dir / "replay-vs-measured.csv")
+    print(run_dir)
+    return 0
 
 
 def _calibration(path: str) -> Calibration:
@@ -389,6 +433,13 @@ CLUSTER_HELP = (
 )
 
 
+LOAD_CLUSTER_HELP = (
+    "run one generator process on each worker of the Dask scheduler there, each with its share of the "
+    "connections and rate (default: DASK_SCHEDULER_ADDRESS, else --workers processes here; 'local' forces "
+    "this machine); clocks are aligned to this one and the parts collected into one run folder"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from eventlog.load import DEFAULT_MIX
 
@@ -414,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
     s = sub.add_parser("load", parents=[common], help="run open-loop load against a server into a new run folder")
     add_load_arguments(s)
+    s.add_argument("--cluster", metavar="tcp://HOST:PORT", help=LOAD_CLUSTER_HELP)
     s.set_defaults(func=cmd_load)
     s = sub.add_parser(
         "run", parents=[common], help="run a scenario file end to end (measure/simulate/compare/sweep, report)"
@@ -424,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     s.add_argument("--reuse", nargs="+", metavar="RUN", help="analyse these measured runs instead of measuring")
     s.add_argument("--cluster", metavar="tcp://HOST:PORT", help=CLUSTER_HELP)
+    s.add_argument(
+        "--load-on-cluster",
+        action="store_true",
+        help="measure with one load generator on each worker of the cluster too (every worker must reach the "
+        "servers the scenario starts on this machine's loopback, so: workers on this machine)",
+    )
     s.set_defaults(func=cmd_run)
     s = sub.add_parser("calibrate", parents=[common], help="fit the model from measured runs (or a live server)")
     s.add_argument("run", nargs="*", help="measured run folders of one server configuration")
@@ -439,18 +497,23 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", parents=[common], help="simulate a load with a calibration; prints the run folders last"
     )
     s.add_argument("--calibration", required=True, help="calibration file (JSON) that `caplab calibrate` wrote")
-    s.add_argument("--connections", type=int, required=True, help="connections held, over all nodes")
+    s.add_argument("--connections", type=int, help="connections held, over all nodes")
     s.add_argument(
         "--events-per-connection",
         "--rate",
         dest="rate",
         type=float,
-        required=True,
         action=_DeprecatedRate,
         help="events per second per connection (the total rate is this times --connections; "
         "--rate is the deprecated spelling)",
     )
-    s.add_argument("--duration", type=float, required=True, help="simulated seconds to hold the connections")
+    s.add_argument("--duration", type=float, help="simulated seconds to hold the connections")
+    s.add_argument(
+        "--replay",
+        metavar="RUN",
+        help="instead of a load: drive the model with this measured run's exact sends, connects and client closes, "
+        "and write replay-vs-measured.csv (per second) beside the replayed run",
+    )
     s.add_argument(
         "--replications",
         type=int,
@@ -465,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--connect-rate", type=float, default=1000.0, help="new connections per second (default 1000)")
     s.add_argument("--out", default="runs", help="folder for the simulated run folders (default runs/)")
     s.add_argument("--cluster", metavar="tcp://HOST:PORT", help=CLUSTER_HELP)
+    s.add_argument(
+        "--log",
+        choices=("full", "sampled", "histograms"),
+        default="full",
+        help="event rows to log: every one (default), one connection's in 10 ('sampled'), or merged per "
+        "0.25 s and ~1.6 %% latency bucket ('histograms': for 100 000 connections; latency within ~1 %%)",
+    )
     s.set_defaults(func=cmd_simulate)
     s = sub.add_parser("report", parents=[common], help="rebuild the PDF report of a scenario's output folder")
     s.add_argument("outputs", help="reports/NAME")

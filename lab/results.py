@@ -50,9 +50,9 @@ def summarize(run_dirs: list[Path], steady_step: int | None = None) -> Summary:
         label = run.manifest.label or run.manifest.run_id
         out[label] = RunSummary(
             run=run,
-            row=benchmark_row(run.events, run.manifest, slo, steady_step),
-            steps=step_table(run.events, slo),
-            checks=self_checks(run.events, run.manifest) if run.manifest.source == "measured" else [],
+            row=benchmark_row(run, run.manifest, slo, steady_step),
+            steps=step_table(run, slo),
+            checks=self_checks(run, run.manifest) if run.manifest.source == "measured" else [],
         )
     return out
 

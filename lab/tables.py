@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from eventlog.scan import Source, overview
+
 ROW_FIELDS = (
     ("connections", "connections", "{:.0f}"),
     ("max_stable_connections", "max stable", "{:.0f}"),
@@ -36,17 +38,16 @@ def fmt(value: object, pattern: str = "{:.4g}") -> str:
     return str(value)
 
 
-def connection_counts(df: pd.DataFrame) -> dict[str, Any]:
+def connection_counts(events: Source) -> dict[str, Any]:
     """Connections attempted, accepted and not (refused or failed), over the whole run: the generator's
     reason for each failure (``connect_fail`` rows), and the servers' own refusals by reason (the
     scraped ``refusals:<reason>`` counters, their growth during the run, summed over nodes).
 
     The error rates of a benchmark row count the events of the steady window; connections refused
-    while ramping up show only here."""
-    kinds = df["kind"].astype(str)
-    fails = df[kinds == "connect_fail"]["name"].astype(str)
+    while ramping up show only here. ``events``: a Run (scanned in bounded memory) or its rows."""
+    ov = overview(events)
     server: dict[str, float] = {}
-    samples = df[(kinds == "sample") & (df["node"] >= 0)] if "node" in df else df.iloc[:0]
+    samples = ov.samples[ov.samples["node"] >= 0]
     names = samples["name"].astype(str)
     first_scrape = samples.groupby("node")["t"].min() if len(samples) else pd.Series(dtype=float)
     for (node, name), g in samples[names.str.startswith("refusals:")].groupby(["node", names], observed=True):
@@ -58,10 +59,10 @@ def connection_counts(df: pd.DataFrame) -> dict[str, Any]:
             reason = str(name).split(":", 1)[1]
             server[reason] = server.get(reason, 0.0) + grown
     return {
-        "attempted": int((kinds == "connect_start").sum()),
-        "accepted": int((kinds == "connect_ok").sum()),
-        "failed": len(fails),
-        "failed_by": {str(k): int(v) for k, v in fails.value_counts().items() if v},
+        "attempted": int(ov.counts["connect_start"]),
+        "accepted": int(ov.counts["connect_ok"]),
+        "failed": sum(ov.connect_fail_by.values()),
+        "failed_by": dict(sorted(ov.connect_fail_by.items(), key=lambda kv: -kv[1])),
         "server_refusals": {k: int(v) for k, v in sorted(server.items(), key=lambda kv: -kv[1])},
     }
 

@@ -44,8 +44,8 @@ def server_by_step(run: Run) -> pd.DataFrame:
 
 
 def step_metrics(run: Run, slo: SLO) -> tuple[pd.DataFrame, float]:
-    table = step_table(run.events, slo).merge(server_by_step(run), on="step")
-    return table, max_stable_throughput(step_table(run.events, slo))
+    table = step_table(run, slo).merge(server_by_step(run), on="step")
+    return table, max_stable_throughput(step_table(run, slo))
 
 
 def validate(
