@@ -153,6 +153,9 @@ def slo_verdict(row: Mapping[str, Any], slo: SLO) -> tuple[str, bool]:
     p95, err = float(row["p95_ms"]), float(row["error_rate_pct"])
     meets = bool(row["meets_slo"]) if "meets_slo" in row else (p95 <= slo.p95_ms and err <= slo.error_rate_pct)
     if meets:
+        upper = p95 + float(row.get("p95_ms_ci") or 0.0)
+        if upper > slo.p95_ms:  # the mean meets it, the replications do not all agree
+            return f"meets; CI reaches {sig(upper)} > {slo.p95_ms:g} ms", True
         return "meets", True
     why = []
     if not p95 <= slo.p95_ms:

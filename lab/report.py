@@ -416,14 +416,17 @@ def _log_connections(ax: Axes) -> None:
     """Log x-axis with plain numbers (50, 200, 2 000, 10 000), so the measured points are not crammed at 0
     (connections, or an event rate)."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: thousands(v)))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _log_ms(ax: Axes) -> None:
+    """Log y-axis in ms with plain labels at 1, 2, 5 x powers of ten."""
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _slo_line(ax: Axes, slo: SLO) -> None:
@@ -433,8 +436,8 @@ def _slo_line(ax: Axes, slo: SLO) -> None:
 def latency_page(pdf: PdfPages, summary: Summary, capacity: pd.DataFrame, colors: Mapping[str, str]) -> None:
     fig = _page("Latency against connections and against event rate")
     slo = _slo(summary)
-    ax1 = fig.add_axes((0.1, 0.55, 0.82, 0.34))
-    ax2 = fig.add_axes((0.1, 0.1, 0.82, 0.34))
+    ax1 = fig.add_axes((0.1, 0.6, 0.82, 0.3))
+    ax2 = fig.add_axes((0.1, 0.16, 0.82, 0.27))
     for label, s in summary.items():
         st = s.steps
         c = colors.get(label)
@@ -466,7 +469,7 @@ def latency_page(pdf: PdfPages, summary: Summary, capacity: pd.DataFrame, colors
         ax.set_ylabel("p95 latency (ms)")
         ax.grid(alpha=0.3, which="both")
         ax.tick_params(labelsize=8)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     pdf.savefig(fig)
     plt.close(fig)
 
