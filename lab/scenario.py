@@ -119,6 +119,11 @@ class SimulateSpec(Strict):
     replications: int = Field(5, ge=1, le=100)
     seed: int = 1
     nodes: int = Field(1, ge=1, le=64)
+    log: Literal["full", "sampled", "histograms"] = Field(
+        "full",
+        description="event rows the model logs: every one, one connection's in 10, or merged into weighted "
+        "histogram rows (for 100 000 connections; see model.sim.Rows)",
+    )
 
 
 # sweep key -> (kind, low, high): what lab/modelling.run_sweep understands, and its sane range
