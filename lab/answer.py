@@ -315,7 +315,7 @@ def answer_sentence(
     if summary:
         held = ", ".join(
             f"{label} {'>= ' if s.row['max_stable_is_lower_bound'] else ''}"
-            f"{thousands(s.row['max_stable_connections'])} [{s.run_id}]"
+            f"{thousands(s.row['max_stable_connections'])} [{short_id(s.run_id)}]"
             for label, s in summary.items()
         )
         return f"Measured, the most connections held within the SLO: {held}."

@@ -544,22 +544,37 @@ def ablation_page(pdf: PdfPages, summary: Summary, labels: list[str], colors: Ma
         size=7,
         colors=[colors.get(str(r)) for r in rows["label"]],
     )
-    ax = fig.add_axes((0.1, 0.12, 0.82, min(0.45, y - 0.2)))
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, rows["mean_cpu_pct"], 0.4, color=[colors.get(str(r)) for r in rows["label"]], label="CPU %")
-    ax2 = ax.twinx()
-    ax2.bar(x + 0.2, rows["p95_ms"], 0.4, color="#888888", label="p95 ms (right axis, log)")
-    ax2.set_yscale("log")
-    ax2.axhline(_slo(summary).p95_ms, color="crimson", ls="--", lw=1.2, label="SLO p95")
-    ax.set_xticks(x, list(rows["label"]), rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("server CPU % of one core (coloured)")
-    ax2.set_ylabel("p95 ms (grey)")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
+    names = ["\n".join(_wrap(str(r), 0.2, 8)) for r in rows["label"]]
+    bar_colors = [colors.get(str(r)) or "grey" for r in rows["label"]]
+    h = min(0.3, (y - 0.14) / 2 - 0.05)
+    y_cpu = y - 0.05 - h
+    ax_cpu = fig.add_axes((0.3, y_cpu, 0.62, h))
+    ax_p95 = fig.add_axes((0.3, y_cpu - 0.07 - h, 0.62, h))
+    pos = np.arange(len(rows))[::-1]
+    ax_cpu.barh(pos, rows["mean_cpu_pct"], color=bar_colors)
+    ax_cpu.set_xlabel("server CPU % of one core, steady step")
+    ax_p95.barh(pos, rows["p95_ms"], color=bar_colors)
+    _slo_line_x(ax_p95, _slo(summary))
+    scale = "ms"
+    if rows["p95_ms"].max() > 10 * _slo(summary).p95_ms:  # one saturated variant would flatten the others
+        ax_p95.set_xscale("log")
+        ax_p95.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax_p95.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_p95.xaxis.set_minor_formatter(NullFormatter())
+        scale = "ms, log axis: bars start at its left edge"
+    ax_p95.set_xlabel(f"p95 latency ({scale}), steady step")
+    ax_p95.legend(fontsize=7, loc="lower right")
+    for ax, title in ((ax_cpu, "CPU per variant"), (ax_p95, "p95 per variant")):
+        ax.set_yticks(pos, names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="x")
+        ax.tick_params(axis="x", labelsize=8)
     pdf.savefig(fig)
     plt.close(fig)
+
+
+def _slo_line_x(ax: Axes, slo: SLO) -> None:
+    ax.axvline(slo.p95_ms, color="crimson", ls="--", lw=1.2, label=f"SLO p95 {slo.p95_ms:g} ms")
 
 
 def sweep_page(pdf: PdfPages, sweep: pd.DataFrame, record: Mapping[str, Any], slo: SLO) -> None:
