@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
@@ -22,6 +22,9 @@ from eventlog.schema import KIND_INDEX
 
 from .parameters import Calibration
 from .workload import Workload
+
+if TYPE_CHECKING:
+    from .replay import Trace
 
 NAMES = [
     "",
@@ -245,6 +248,7 @@ class Simulation:
         nodes: int = 1,
         sink: Callable[[list[np.ndarray]], None] | None = None,
         log: str = "full",
+        trace: Trace | None = None,
     ) -> None:
         """``sink``, ``log``: see :class:`Rows` (``run()`` then returns only the rows not yet sunk)."""
         self.cal, self.wl, self.seed, self.n_nodes = cal, wl, seed, nodes
@@ -255,7 +259,10 @@ class Simulation:
         ]
         self.env = simpy.Environment()
         self.dt = cal.flush_interval_s if cal.batching else SLICE_S
-        n = wl.max_connections + 1
+        # trace: a measured run's arrivals (sends, connects, client closes) replayed as they happened
+        self.trace = trace
+        self.trace_chat = np.empty(0, bool)
+        n = max(wl.max_connections, trace.max_conn + 1 if trace is not None else 0) + 1
         self.live = np.zeros(n, bool)
         self.company = np.array([wl.company_of(i) for i in range(n)], np.int32)
         self.node_of = np.arange(n) % nodes
@@ -316,6 +323,9 @@ class Simulation:
 
     # -- SimPy processes ---------------------------------------------------------------------
     def steps_proc(self) -> Proc:
+        if self.trace is not None:
+            yield from self.replay_proc(self.trace)
+            return
         env, wl, rows = self.env, self.wl, self.rows
         opened = 0
         for i, (start, hold, target) in enumerate(wl.schedule()):
@@ -330,6 +340,24 @@ class Simulation:
             rows.add(K["sample"], hold, name=NAME["hold"], value=target)
         yield env.timeout(max(0.0, wl.duration_s - env.now))
         rows.add(K["sample"], wl.duration_s, name=NAME["end"], value=0.0)
+        self.done = True
+
+    def replay_proc(self, trace: Trace) -> Proc:
+        """The measured run's step markers at their times, its connection attempts and client closes."""
+        env = self.env
+        self.connects.extend(zip(trace.connect_t.tolist(), trace.connect_conn.tolist(), strict=True))
+        closes = iter(zip(trace.close_t.tolist(), trace.close_conn.tolist(), strict=True))
+        nxt = next(closes, None)
+        for t, name, value in trace.markers:
+            while nxt is not None and nxt[0] <= t:
+                yield env.timeout(max(0.0, nxt[0] - env.now))
+                if self.live[nxt[1]]:
+                    self.live[nxt[1]] = False
+                    self.nodes[self.node_of[nxt[1]]].closed += 1
+                    self.rows.add(K["disconnect"], env.now, conn=nxt[1], name=NAME["client close"])
+                nxt = next(closes, None)
+            yield env.timeout(max(0.0, t - env.now))
+            self.rows.add(K["sample"], t, name=NAME[name], value=value)
         self.done = True
 
     def ticker(self) -> Proc:
@@ -379,6 +407,10 @@ class Simulation:
 
     # -- one slice of every node's event loop -------------------------------------------------
     def arrivals(self, t0: float, t1: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.trace is not None:  # exactly the measured sends, whatever the model made of their clients
+            a, b = np.searchsorted(self.trace.send_t, [t0, t1])
+            self.trace_chat = self.trace.send_chat[a:b]
+            return self.trace.send_t[a:b], self.trace.send_conn[a:b]
         ids = np.flatnonzero(self.live)
         if ids.size == 0 or self.rate <= 0:
             return np.empty(0), np.empty(0, np.int64)
@@ -410,6 +442,8 @@ class Simulation:
         ev_t, ev_c = self.arrivals(t0, t1)
         self.events_in += ev_t.size
         is_chat = self.r_mix.random(ev_t.size) < self.p_chat
+        if self.trace is not None:
+            is_chat = self.trace_chat
         if self.recovering and is_chat.any():  # before the connects: a client back in this slice missed these
             chat_t, chat_c = ev_t[is_chat], self.company[ev_c[is_chat]]
             for c in np.unique(chat_c):
@@ -744,7 +778,7 @@ class Simulation:
         env.process(self.steps_proc())
         env.process(self.ticker())
         env.process(self.sampler())
-        if self.wl.churn_per_s > 0:
+        if self.wl.churn_per_s > 0 and self.trace is None:
             env.process(self.churn())
         env.run()
         # planned closes at the end, as the load generator does
