@@ -268,6 +268,7 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
     from model import Workload, confidence, replicate
 
     from .executor import cluster_address, runs_root, simulations_on
+    from .progress import display
     from .tables import connection_counts
 
     cal = _calibration(args.calibration)
@@ -293,7 +294,7 @@ def cmd_simulate(args: argparse.Namespace, rest: list[str]) -> int:
         err = exc.errors()[0]
         raise UsageError(f"{'.'.join(str(x) for x in err['loc']) or 'load'}: {err['msg']}") from None
     root = runs_root(args.out)
-    with simulations_on(cluster_address(args.cluster), root, "replications"):
+    with display(), simulations_on(cluster_address(args.cluster), root, "replications"):
         dirs = replicate(
             cal, wl, root, args.replications, args.seed, nodes=args.nodes, name="simulate", extra={"log": args.log}
         )

@@ -10,7 +10,7 @@ from typing import Any
 
 from .executor import simulations_on
 from .measure import measure
-from .progress import log
+from .progress import display, log
 from .results import summarize, write_tables
 from .scenario import Scenario
 
@@ -62,7 +62,8 @@ def _run(sc: Scenario, runs_root: Path, reports_root: Path, quiet: bool, reuse: 
     if sc.kind in SIMULATING:
         from .modelling import simulate_scenario
 
-        record.update(simulate_scenario(sc, measured, runs_root, out_dir))
+        with display() if not quiet else contextlib.nullcontext():  # measuring prints the generator's own line
+            record.update(simulate_scenario(sc, measured, runs_root, out_dir))
     if measured:
         summary = summarize(measured, record["steady_step"])
         write_tables(summary, out_dir)
@@ -73,6 +74,8 @@ def _run(sc: Scenario, runs_root: Path, reports_root: Path, quiet: bool, reuse: 
     if sc.report:
         from .report import build_report
 
-        pdf = build_report(out_dir)
+        with display() if not quiet else contextlib.nullcontext():
+            log("writing the report ...")
+            pdf = build_report(out_dir)
         log(f"report: {pdf}")
     return out_dir
