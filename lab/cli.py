@@ -42,7 +42,7 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
         tokens = read_tokens(args.tokens)
     except (OSError, ValueError) as exc:
         raise UsageError(f"--tokens {args.tokens}: {getattr(exc, 'strerror', None) or exc}") from None
-    _reachable(spec.url)
+    _reachable(spec.url, "--url" if args.url else "SOCKET_URL")
     identity, warning = server_identity(spec.url, os.environ.get("SOCKET_ADMIN_TOKEN"))
     if warning:
         print(f"caplab load: warning: {warning}", file=sys.stderr)
@@ -57,7 +57,7 @@ def cmd_load(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _reachable(url: str, timeout_s: float = 5.0) -> None:
+def _reachable(url: str, source: str = "--url", timeout_s: float = 5.0) -> None:
     """A UsageError if nothing accepts a TCP connection at ``url``: a wrong port is one line, not a run of
     errors."""
     import socket
@@ -69,7 +69,7 @@ def _reachable(url: str, timeout_s: float = 5.0) -> None:
         socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=timeout_s).close()
     except OSError as exc:
         why = "connection refused" if isinstance(exc, ConnectionRefusedError) else one_line(exc.strerror or exc)
-        raise UsageError(f"--url {url}: cannot connect: {why}; is the server running? nothing started") from None
+        raise UsageError(f"{source} {url}: cannot connect: {why}; is the server running? nothing started") from None
 
 
 def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:

@@ -7,6 +7,7 @@ Each case runs `python -m lab.cli` in its own process, as a user runs it, and fa
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -92,6 +93,16 @@ def test_load_against_a_wrong_port_is_refused_before_any_run(tmp_path):
     res = caplab(*args, cwd=tmp_path)
     one_line_error(res, "load", url, "connection refused", "nothing started")
     assert not (tmp_path / "runs").exists()  # no run of 100 % errors left behind
+    env = {**os.environ, "SOCKET_URL": url}  # the seed's variable: the same line, naming it
+    res = subprocess.run(
+        [sys.executable, "-m", "lab.cli", "load", "--tokens", "tokens.txt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
+    )
+    one_line_error(res, "load", f"SOCKET_URL {url}", "connection refused", "nothing started")
 
 
 def test_run_reuse_of_a_missing_run(tmp_path):
