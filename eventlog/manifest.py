@@ -46,6 +46,40 @@ class Writers(BaseModel):
     processes: list[ProcessRecord] = Field(default_factory=list)
 
 
+class ClockOffset(BaseModel):
+    """One NTP-style estimate of a generator host's clock against the driver's (``loadgen.clock``)."""
+
+    offset_s: float = Field(description="the driver's monotonic clock minus the host's")
+    uncertainty_s: float = Field(ge=0, description="the true offset is within this of offset_s (half the RTT)")
+    rtt_s: float = Field(ge=0, description="round trip of the sample kept (the shortest)")
+    at: float = Field(description="run time (s) of the sample")
+    samples: int = Field(0, ge=0, description="round trips that came back")
+
+
+class GeneratorHost(BaseModel):
+    """A generator process on a cluster worker: where it ran and how its clock was aligned to the driver's.
+
+    Its rows are written on the driver's time base from ``clock_start``; ``drift_corrected_s`` is how far
+    the ``t`` column was stretched by the end of the run to follow ``clock_end`` (0 when the change was
+    within the estimates' uncertainty)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    worker: int = Field(ge=0, description="generator id: the gen<N> of its parts")
+    address: str = Field(description="the Dask worker that started it")
+    host: str | None = None
+    pid: int | None = None
+    clock_start: ClockOffset | None = None
+    clock_end: ClockOffset | None = None
+    drift_corrected_s: float | None = None
+    lost: str | None = Field(None, description="why the driver lost it before its end (its later rows are missing)")
+
+    def uncertainty_s(self) -> float | None:
+        """The larger of the two estimates' uncertainties (None before any estimate)."""
+        known = [c.uncertainty_s for c in (self.clock_start, self.clock_end) if c is not None]
+        return max(known) if known else None
+
+
 class ServerRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -89,6 +123,9 @@ class Manifest(BaseModel):
     calibration: dict[str, Any] | None = None
     steady_step: int | None = None
     error: str | None = None
+    generators: list[GeneratorHost] | None = Field(
+        None, description="measured on a cluster: one generator per worker, with its clock offsets"
+    )
 
     @field_validator("load", mode="before")
     @classmethod
