@@ -89,36 +89,8 @@ def self_checks(events: Source, manifest: Manifest | None = None) -> list[SelfCh
     )
     if manifest is not None and manifest.generators:
         out.append(clock_check(manifest))
-    if manifest is not None and manifest.generators:
-        out.append(clock_check(manifest))
     return out
 
-
-# Generators on several hosts: each one's rows are put on the driver's clock by an estimated offset.
-# Beyond this uncertainty, latencies between hosts (pushes) and step windows are off by as much.
-MAX_CLOCK_UNCERTAINTY_MS = 1.0
-
-
-def clock_check(manifest: Manifest) -> SelfCheck:
-    """Generators on a cluster: was every host's clock offset known within ``MAX_CLOCK_UNCERTAINTY_MS``?"""
-    worst, parts, unknown = 0.0, [], []
-    for g in manifest.generators or []:
-        u, c = g.uncertainty_s(), g.clock_start or g.clock_end
-        if u is None or c is None:
-            unknown.append(f"gen{g.worker}")
-            continue
-        worst = max(worst, u)
-        drift = f", drift {1e3 * g.drift_corrected_s:+.3f} ms corrected" if g.drift_corrected_s else ""
-        parts.append(f"gen{g.worker} ({g.host}) {1e3 * c.offset_s:+.3f} ms +- {1e3 * u:.3f}{drift}")
-    detail = "; ".join(parts + ([f"no clock estimate for {', '.join(unknown)}"] if unknown else []))
-    over = worst * 1e3 > MAX_CLOCK_UNCERTAINTY_MS
-    if over:
-        detail += f"; over {MAX_CLOCK_UNCERTAINTY_MS:g} ms: latencies across hosts and step windows are that uncertain"
-    return {
-        "check": f"generator clocks aligned (offset uncertainty <= {MAX_CLOCK_UNCERTAINTY_MS:g} ms)",
-        "ok": not unknown and not over,
-        "detail": detail,
-    }
 
 # Generators on several hosts: each one's rows are put on the driver's clock by an estimated offset.
 # Beyond this uncertainty, latencies between hosts (pushes) and step windows are off by as much.
