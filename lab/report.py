@@ -9,7 +9,6 @@ The pages after it hold the evidence; the last lists every run a number came fro
 from __future__ import annotations
 
 import functools
-import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -83,21 +82,22 @@ def _wrap(text: str, width: float, size: float, bold: bool = False) -> list[str]
     space = _word_pt("a a", size, bold) - 2 * _word_pt("a", size, bold)
     lines: list[str] = []
     for para in str(text).split("\n"):
-        line, used = "", 0.0
+        indent = para[: len(para) - len(para.lstrip())]
+        line, used = indent, _word_pt(indent.replace(" ", "a"), size, bold) if indent else 0.0
         for word in para.split():
             w = _word_pt(word, size, bold)
             while w > limit and len(word) > 1:  # a long run id: split it where it overflows
                 cut = max(1, int(len(word) * limit / w))
-                if line:
+                if line.strip():
                     lines.append(line)
                     line, used = "", 0.0
                 lines.append(word[:cut])
                 word = word[cut:]
                 w = _word_pt(word, size, bold)
-            if line and used + space + w > limit:
+            if line.strip() and used + space + w > limit:
                 lines.append(line)
                 line, used = "", 0.0
-            line, used = (f"{line} {word}", used + space + w) if line else (word, w)
+            line, used = (f"{line} {word}", used + space + w) if line.strip() else (line + word, used + w)
         lines.append(line)
     return lines
 
@@ -381,7 +381,12 @@ def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> Non
     table, claims = before_after(summary, before, after)
     y = _text(fig, 0.93, [f"Runs: {before} {summary[before].run_id} -> {after} {summary[after].run_id}"], size=8)
     cells = [
-        [str(r.metric), fmt(r.before), fmt(r.after), fmt(r.improvement_pct, "{:.3g}")]
+        [
+            str(r.metric),
+            fmt(r.before),
+            fmt(r.after),
+            fmt(r.improvement_pct, "{:.0f}" if abs(float(r.improvement_pct)) >= 10 else "{:.1f}"),
+        ]
         for r in table.drop(columns=["key"]).itertuples()
     ]
     y = _table(
@@ -732,37 +737,52 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
 def manifests_page(pdf: PdfPages, out: Mapping[str, Any]) -> None:
     """Every run a number came from: measured runs with their checks, then the simulated ones by purpose."""
     summary, record, model = out["summary"], out["record"], out["model"]
-    lines = []
+    lines: list[tuple[str, bool]] = []  # (text, is a heading)
+    if summary:
+        lines.append(("Measured runs", True))
     for _label, s in summary.items():
         m = s.manifest
+        toggles = m.server.toggles if m.server else {}
+        on = ", ".join(k for k, v in toggles.items() if v) or "none"
         lines.append(
-            f"{m.run_id}: {m.source}, {m.status}, profile {m.profile}, nodes {m.nodes}, "
-            f"toggles {json.dumps(m.server.toggles if m.server else {})}, started {m.started_at}"
+            (
+                f"{m.run_id}: {m.source}, {m.status}, label {m.label}, profile {m.profile}, nodes {m.nodes}, "
+                f"started {m.started_at}; toggles on: {on}",
+                False,
+            )
         )
         for c in s.checks:
-            lines.append(f"    check: {'ok' if c['ok'] else 'FAILED'}: {c['check']}: {c['detail']}")
+            lines.append((f"    check {'ok' if c['ok'] else 'FAILED'}: {c['check']}: {c['detail']}", False))
     listed: set[str] = set()
-    for label, cap in (model.get("capacity") or {}).items():
+    caps = model.get("capacity") or {}
+    if any(c.get("ramp_runs") for c in caps.values()):
+        lines.append(("Simulated ramps behind the node counts (one node, one ramp per replication)", True))
+    for label, cap in caps.items():
         ramps = [str(x) for x in cap.get("ramp_runs", [])]
         if ramps:
-            lines.append(f"Simulated ramps behind {label}'s node counts: {', '.join(ramps)}")
+            lines.append((f"{label}: {', '.join(ramps)}", False))
             listed.update(ramps)
     capacity = out["capacity"]
+    if not capacity.empty:
+        lines.append(("Simulated runs behind the capacity table (per profile and target)", True))
     for r in capacity.to_dict("records") if not capacity.empty else []:
         ids = run_ids(r.get("run_ids"))
-        lines.append(f"Simulated {r['label']} at {thousands(r['connections'])} connections: {', '.join(ids)}")
+        lines.append((f"{r['label']} at {thousands(r['connections'])} connections: {', '.join(ids)}", False))
         listed.update(ids)
     rest = [Path(s).name for s in record.get("simulated", []) if Path(s).name not in listed]
     if rest:
-        lines.append(f"Other simulated runs (validation, sweep; {len(rest)}): {', '.join(rest)}")
+        lines.append((f"Other simulated runs (validation, sweep): {len(rest)}", True))
+        lines.append((", ".join(rest), False))
+    if not out["sweep"].empty and "run_ids" not in out["sweep"]:
+        lines.append(("This folder's sweep.csv names no runs: its rows cannot be traced to run folders.", True))
     fig = _page("Runs used")
     y = 0.93
-    for line in lines:
+    for text, heading in lines:
         if y < 0.05:
             pdf.savefig(fig)
             plt.close(fig)
             fig = _page("Runs used (continued)")
             y = 0.93
-        y = _text(fig, y, [line], size=6.5)
+        y = _text(fig, y - 0.006, [text], size=8.5, weight="bold") if heading else _text(fig, y, [text], size=6.8)
     pdf.savefig(fig)
     plt.close(fig)
