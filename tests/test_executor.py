@@ -28,14 +28,6 @@ from model.executor import check_address, probe
 ROOT = Path(__file__).resolve().parent.parent
 CALIBRATION = ROOT / "notebooks/data/reference/calibration-optimized.json"
 
-pytestmark = [
-    # distributed's own shutdown noise, not the lab's: closing a worker's comms at cluster teardown can
-    # leave a socket for the garbage collector, and its nanny's event loop reports it as a
-    # ResourceWarning / PytestUnraisableExceptionWarning after the test that closed it.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
-
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -173,12 +165,14 @@ def caplab(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Complet
 def test_caplab_simulate_on_the_cluster_prints_the_same_figures(cluster, tmp_path):
     args = ["simulate", "--calibration", str(CALIBRATION), "--connections", "150", "--rate", "0.5"]
     args += ["--duration", "4", "--replications", "2", "--seed", "3"]
-    local = caplab(*args, "--out", str(tmp_path / "local"), cwd=tmp_path)
-    remote = caplab(*args, "--out", "dask", cwd=tmp_path, env={"DASK_SCHEDULER_ADDRESS": cluster})
+    env = {"DASK_SCHEDULER_ADDRESS": cluster}
+    local = caplab(*args, "--out", str(tmp_path / "local"), "--cluster", "local", cwd=tmp_path, env=env)
+    remote = caplab(*args, "--out", "dask", cwd=tmp_path, env=env)
     assert local.returncode == 0 and remote.returncode == 0, local.stderr + remote.stderr
     figures = [line for line in local.stdout.splitlines() if not line.startswith("/")]
     assert figures and figures == [line for line in remote.stdout.splitlines() if not line.startswith("/")]
     assert f"on the Dask cluster at {cluster}" in remote.stderr and "2/2 replications done" in remote.stderr
+    assert "Dask" not in local.stderr and "2 replications on the local process pool" in local.stderr
     local_runs = [read_run(p) for p in local.stdout.splitlines() if p.startswith("/")]
     remote_dirs = [Path(p) for p in remote.stdout.splitlines() if p.startswith("/")]
     assert all(p.is_relative_to(tmp_path / "dask") for p in remote_dirs)  # the relative --out, made absolute
