@@ -204,7 +204,20 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
     from eventlog import read_run
     from model.calibrate import calibrate
 
-    if args.live:
+    if args.prometheus:
+        from .prometheus import fetch_run
+
+        if not args.profile:
+            raise UsageError("--prometheus needs --profile baseline|optimized: Prometheus does not carry the settings")
+        try:
+            path = fetch_run(
+                args.prometheus, args.selector, Path(args.runs), args.profile, args.seconds, args.end, args.step
+            )
+        except ValueError as exc:  # PrometheusError too: a bad selector, an unreachable server, no series
+            raise UsageError(str(exc)) from None
+        runs = [read_run(path)]
+        print(f"run from Prometheus range queries: {path}")
+    elif args.live:
         from .live import scrape_live
 
         if not args.profile:
@@ -214,7 +227,7 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
         runs = [read_run(scrape_live(args.live, args.seconds, Path(args.runs), args.profile))]
     else:
         if not args.run:
-            raise UsageError("name measured run folders, or --live URL")
+            raise UsageError("name measured run folders, or --live URL, or --prometheus URL")
         runs = [_run_folder(r) for r in args.run]
     try:
         cal = calibrate(runs)
@@ -488,9 +501,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", nargs="*", help="measured run folders of one server configuration")
     s.add_argument("--out", required=True, help="calibration file to write (JSON)")
     s.add_argument("--live", help="instead: scrape this node's /socket-metrics (loopback only)")
-    s.add_argument("--seconds", type=float, default=60.0, help="how long to scrape --live")
     s.add_argument(
-        "--profile", choices=["baseline", "optimized"], help="with --live: the profile the node runs (its settings)"
+        "--seconds", type=float, default=60.0, help="how long to scrape --live; with --prometheus: the range queried"
+    )
+    s.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="instead: fit from this Prometheus server's range queries over the node's exported metrics",
+    )
+    s.add_argument(
+        "--selector",
+        default='{job="socketio"}',
+        help='with --prometheus: label matchers of the node(s), each instance a node (default {job="socketio"})',
+    )
+    s.add_argument("--step", type=float, default=1.0, help="with --prometheus: query step in seconds (default 1)")
+    s.add_argument("--end", type=float, help="with --prometheus: end of the range, epoch seconds (default now)")
+    s.add_argument(
+        "--profile",
+        choices=["baseline", "optimized"],
+        help="with --live or --prometheus: the profile the node runs (its settings)",
     )
     s.add_argument("--runs", default="runs", help="with --live: folder for the scraped run (default runs/)")
     s.set_defaults(func=cmd_calibrate)

@@ -40,6 +40,7 @@ COST_FIELD = {
     "received": "cpu_per_receive_s",
 }
 ILL_CONDITIONED = 30.0  # Belsley, Kuh and Welsch: a scaled condition number above 30 is strong collinearity
+GC_MIN_PAUSES = 5  # fewer measured pauses fit no distribution: the collector stays inside the CPU costs
 GC_KS_ALPHA = 0.05  # a parametric pause distribution rejected at this level is replaced by the empirical one
 
 # Server settings that shape the model's behaviour: read from the runs' manifests, never assumed.
@@ -108,14 +109,14 @@ def rates(wide: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def fit_cpu(r: pd.DataFrame) -> tuple[dict, dict]:
+def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
     """NNLS of the CPU rate (less the collector's time, when counted) on the regressors that moved.
 
     Returns the costs (``COST_FIELD`` names, 0 for a regressor not fitted) and the fit's quality:
     R2, each cost's standard error (OLS on the costs NNLS kept), the scaled condition number, the
     regressors that duplicated another, and warnings a reader must see."""
     use = r[(r["cpu_seconds"] < 0.9) & (r["dt"] > 0.5)].dropna(subset=["cpu_seconds"])
-    gc_excluded = "gc_pause_s" in use and bool(use["gc_pause_s"].notna().all()) and len(use) > 0
+    gc_excluded = exclude_gc and "gc_pause_s" in use and bool(use["gc_pause_s"].notna().all()) and len(use) > 0
     y = use["cpu_seconds"].to_numpy() - (use["gc_pause_s"].to_numpy() if gc_excluded else 0.0)
     names = [n for n in REGRESSORS if n in use and use[n].fillna(0).abs().sum() > 0]  # a regressor that never moved
     warnings: list[str] = []
@@ -213,7 +214,7 @@ def fit_gc(df: pd.DataFrame, r: pd.DataFrame, cpu_excluded: bool = False) -> GcM
     pauses = df[(df["kind"] == "sample") & df["name"].astype(str).str.startswith("gc_pause_gen")]["value"].to_numpy()
     events = float((r["events_in"] * r["dt"]).sum())
     collections = float((r["gc_collections"] * r["dt"]).sum()) if "gc_collections" in r else 0.0
-    if pauses.size < 5 or events <= 0:
+    if pauses.size < GC_MIN_PAUSES or events <= 0:
         return GcModel(n_pauses=int(pauses.size))
     pauses = np.clip(pauses, 1e-7, None)
     candidates: dict[str, tuple] = {}
@@ -272,9 +273,12 @@ def calibrate(runs: list[Run]) -> Calibration:
     r = pd.concat([rates(node_series(run.events)) for run in runs], ignore_index=True)
     if r.empty:
         raise ValueError("the runs hold no scraped server samples (was /socket-metrics scraped?)")
-    cpu, cpu_q = fit_cpu(r)
+    events = pd.concat([run.events for run in runs])
+    pauses = (events["kind"] == "sample") & events["name"].astype(str).str.startswith("gc_pause_gen")
+    # the collector's time comes out of the CPU only when its pauses can be put back as jobs
+    cpu, cpu_q = fit_cpu(r, exclude_gc=int(pauses.sum()) >= GC_MIN_PAUSES)
     mem_base, mem_conn, mem_q = fit_memory(r)
-    gc = fit_gc(pd.concat([run.events for run in runs]), r, cpu_excluded=cpu_q["gc_excluded"])
+    gc = fit_gc(events, r, cpu_excluded=cpu_q["gc_excluded"])
     base = float(np.median([base_latency(run.events, cpu["cpu_per_event_s"]) for run in runs]))
     assumptions = [
         "service times are gamma distributed with coefficient of variation 1 (not fitted)",
