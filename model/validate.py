@@ -49,11 +49,31 @@ def step_metrics(run: Run, slo: SLO) -> tuple[pd.DataFrame, float]:
 
 
 def validate(
-    cal: Calibration, measured: Run, out: Path | str, slo: SLO | None = None, replications: int = 3, seed: int = 1
+    cal: Calibration,
+    measured: Run | list[Run],
+    out: Path | str,
+    slo: SLO | None = None,
+    replications: int = 3,
+    seed: int = 1,
 ) -> pd.DataFrame:
-    """Simulate the measured run's workload; one row per (step, metric) with errors and verdicts."""
+    """Simulate the measured workload; one row per (step, metric) with errors and verdicts.
+
+    ``measured`` may be several passes of the same load (measured apart, interleaved with other
+    runs): the prediction is then judged against their mean, and each row states the run-to-run
+    spread (``spread_pct``: standard deviation over the mean) and the measured mean's own 95 %
+    uncertainty (``noise_pct``) next to the band, so a band narrower than the noise shows as such.
+    A miss within that uncertainty is "within measurement noise". Throughput is judged only where it
+    says something about the server: at or past saturation (measured CPU >= 80 %, or under 95 % of
+    the sends got through); below it an open-loop generator sets it, and it is "not measurable"."""
     slo = slo or SLO()
-    wl = Workload.from_manifest(measured.manifest)
+    passes = measured if isinstance(measured, list) else [measured]
+    if not passes:
+        raise ValueError("no measured runs to validate against")
+    first = passes[0]
+    wl = Workload.from_manifest(first.manifest)
+    for p in passes[1:]:
+        if Workload.from_manifest(p.manifest).steps != wl.steps:
+            raise ValueError(f"run {p.run_id} offered other steps than {first.run_id}: not passes of one load")
     sims = [
         read_run(p)
         for p in replicate(
@@ -62,56 +82,96 @@ def validate(
             out,
             replications,
             seed,
-            nodes=measured.manifest.nodes,
-            name=f"validate-{measured.manifest.label or 'run'}",
-            extra={"validates": measured.run_id},
+            nodes=first.manifest.nodes,
+            name=f"validate-{first.manifest.label or 'run'}",
+            extra={"validates": [p.run_id for p in passes]},
         )
     ]
-    meas, meas_sat = step_metrics(measured, slo)
+    meas_tables = [step_metrics(p, slo) for p in passes]
     sim_tables = [step_metrics(s, slo) for s in sims]
-    sim = pd.concat([t for t, _ in sim_tables]).groupby("step").mean(numeric_only=True)
-    sim_sat = float(np.nanmean([s for _, s in sim_tables])) if sim_tables else np.nan
+    meas_all = pd.concat([t for t, _ in meas_tables])
+    sim_all = pd.concat([t for t, _ in sim_tables])
     rows = []
-    for m in meas.itertuples():
-        below = not np.isnan(m.cpu_pct) and m.cpu_pct < 80
+    for step, g in meas_all.groupby("step"):
+        sg = sim_all[sim_all["step"] == step]
+        cpu = float(g["cpu_pct"].mean())
+        below = not np.isnan(cpu) and cpu < 80
+        sends = g["sends_per_s"].mean() if "sends_per_s" in g else np.nan
+        saturated = (not np.isnan(cpu) and cpu >= 80) or bool(g["throughput_eps"].mean() < 0.95 * sends)
         for metric in ("throughput_eps", "cpu_pct", "memory_mb", "p95_ms"):
-            mv, sv = getattr(m, metric), sim.loc[m.step, metric] if m.step in sim.index else np.nan
-            applies = metric != "p95_ms" or below
-            noise = 0.0
-            if metric == "throughput_eps" and mv and not np.isnan(mv):
-                noise = 2.0 / np.sqrt(max(1.0, mv * m.window_s))  # two sigma of a Poisson count
-            rows.append(_row(m.step, int(m.target), metric, mv, sv, applies, noise))
-    rows.append(_row(-1, 0, "saturation_eps", meas_sat, sim_sat, True))
+            values = g[metric].to_numpy(float)
+            noise = _noise(values)
+            if metric == "throughput_eps" and len(values) == 1 and values[0] and not np.isnan(values[0]):
+                noise = 2.0 / np.sqrt(max(1.0, values[0] * float(g["window_s"].iloc[0])))  # Poisson, 2 sigma
+            applies, why = True, ""
+            if metric == "p95_ms" and not below:
+                applies, why = False, "n/a (saturated)"
+            if metric == "throughput_eps" and not saturated:
+                applies, why = False, "not measurable"  # open loop below saturation: the generator sets it
+            simulated = sg[metric].to_numpy(float)
+            rows.append(_row(int(step), int(g["target"].iloc[0]), metric, values, simulated, applies, noise, why))
+    meas_sat = np.array([s for _, s in meas_tables], float)
+    sim_sat = np.array([s for _, s in sim_tables], float)
+    rows.append(_row(-1, 0, "saturation_eps", meas_sat, sim_sat, True, _noise(meas_sat)))
     out_df = pd.DataFrame(rows)
     out_df.attrs["simulated_runs"] = [s.run_id for s in sims]
     return out_df
 
 
+def _noise(values: np.ndarray) -> float:
+    """Relative half-width of the 95 % Student-t interval of the mean of ``values`` (0: one value)."""
+    from scipy import stats
+
+    v = values[~np.isnan(values)]
+    if v.size < 2 or not v.mean():
+        return 0.0
+    return float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size) / abs(v.mean()))
+
+
 def _row(
-    step: int, target: int, metric: str, measured: float, simulated: float, applies: bool, noise: float = 0.0
+    step: int,
+    target: int,
+    metric: str,
+    measured: np.ndarray | float,
+    simulated: np.ndarray | float,
+    applies: bool,
+    noise: float = 0.0,
+    why: str = "",
 ) -> dict:
-    """``noise``: the relative 95 % sampling error of the measured value itself (Poisson counts)."""
+    """``measured``: the passes' values; ``simulated``: the replications'; ``noise``: the measured mean's
+    relative 95 % uncertainty (the passes' spread, or a Poisson count's for one pass)."""
+    m = np.atleast_1d(np.asarray(measured, float))
+    sv = np.atleast_1d(np.asarray(simulated, float))
+    m, sv = m[~np.isnan(m)], sv[~np.isnan(sv)]
+    mean = float(m.mean()) if m.size else np.nan
+    sim = float(sv.mean()) if sv.size else np.nan
     band = BANDS[metric][0]
-    err = (simulated - measured) / measured if measured and not np.isnan(measured) else np.nan
+    err = (sim - mean) / mean if mean and not np.isnan(mean) else np.nan
     if not applies:
-        verdict = "n/a (saturated)"
+        verdict = why or "n/a (saturated)"
     elif np.isnan(err):
         verdict = "not measurable"
     elif abs(err) <= band:
         verdict = "within band"
     elif abs(err) <= noise:
-        verdict = "within measurement noise"  # the window was too short to resolve the band
+        verdict = "within measurement noise"  # the measurement cannot resolve the band here
     else:
         verdict = "outside band"
     return {
         "step": step,
         "target": target,
         "metric": metric,
-        "measured": measured,
-        "simulated": simulated,
+        "measured": mean,
+        "simulated": sim,
         "error_pct": 100 * err if not np.isnan(err) else np.nan,
         "band_pct": 100 * band,
         "verdict": verdict,
+        "passes": int(m.size),
+        "measured_sd": float(m.std(ddof=1)) if m.size > 1 else np.nan,
+        "spread_pct": 100 * float(m.std(ddof=1)) / abs(mean) if m.size > 1 and mean else np.nan,
+        "noise_pct": 100 * noise,
+        "band_resolvable": bool(noise < band),
+        "simulated_ci_pct": 100 * _noise(sv) if mean else np.nan,
     }
 
 
