@@ -138,11 +138,12 @@ def _step_windows(st: pd.DataFrame) -> list[tuple[float, float]]:
 def step_table(events: Source, slo: SLO | None = None) -> pd.DataFrame:
     """Per step: target and reached connections, latency, errors, throughput, and whether it held
     (against ``slo``, by default :class:`SLO`'s default)."""
-    slo = slo or SLO()
-    rows = []
-    live = live_connections(events)
     st_all = steps(events)
-    d = digest(events, _step_windows(st_all))
+    return _step_table(st_all, digest(events, _step_windows(st_all), 1.0), live_connections(events), slo or SLO())
+
+
+def _step_table(st_all: pd.DataFrame, d: Digest, live: pd.Series, slo: SLO) -> pd.DataFrame:
+    rows = []
     for i, st in enumerate(st_all.itertuples()):
         stats = _window_stats(d, i, st.window_start, st.end)
         in_step = live[(live.index >= st.start) & (live.index < st.end)]
@@ -259,13 +260,13 @@ def benchmark_row(
     st = _steps_from(df, ov.t_max)
     if st.empty:
         raise ValueError("the log holds no load steps (sample rows 'step'): no benchmark row")
-    table = step_table(events, slo)
+    d = digest(events, _step_windows(st), 1.0)
+    table = _step_table(st, d, ov.live(), slo)
     best, lower_bound = max_stable(table)
     if steady_step is None and manifest is not None:
         steady_step = manifest.steady_step
     k = int(steady_step) if steady_step is not None else len(st) - 1
     t0, t1 = float(st["window_start"].iloc[k]), float(st["end"].iloc[k])
-    d = digest(events, _step_windows(st))
     steady = _window_stats(d, k, t0, t1)
     counts = ov.counts
     errors = sum(int(counts.get(k, 0)) for k in ERROR_KINDS)
@@ -326,7 +327,7 @@ def timeseries(events: Source, bucket_s: float = 1.0) -> pd.DataFrame:
     ov = overview(events)
     if not ov.rows:
         return pd.DataFrame()
-    d = digest(events, [], bucket_s)
+    d = digest(events, _step_windows(steps(events)), bucket_s)  # one scan with the step table's
     assert d.second_counts is not None
     n = d.second_counts.shape[0]
     out = pd.DataFrame(index=pd.RangeIndex(d.b_min, d.b_min + n, name="second"))

@@ -71,6 +71,7 @@ class Batch:
     cols: dict[str, np.ndarray]
     name_codes: np.ndarray | None = None
     name_dict: list[str] | None = None
+    _weights: np.ndarray | None = None
 
     def names(self, mask: np.ndarray) -> np.ndarray:
         assert self.name_codes is not None and self.name_dict is not None
@@ -80,9 +81,10 @@ class Batch:
 
     def weights(self) -> np.ndarray:
         """Events each row stands for: ``value`` on aggregated event rows, else 1."""
-        v = self.cols["value"]
-        w = np.where(np.isnan(v) | (self.kind == SAMPLE), 1.0, v)
-        return w
+        if self._weights is None:
+            v = self.cols["value"]
+            self._weights = np.where(np.isnan(v) | (self.kind == SAMPLE), 1.0, v)
+        return self._weights
 
 
 def _dict_codes(arr: pa.Array) -> tuple[np.ndarray, list[str]]:
