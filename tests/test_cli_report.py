@@ -356,3 +356,37 @@ def test_a_degenerate_usl_fit_is_reported_as_not_informative(tiny_outputs, tmp_p
     assert "USL cross-check baseline: not informative: R2 0.43 < 0.9; peak at 4.7e+10" in text
     assert "46944694335" not in text and "sigma 1.3e-18" not in text
     assert "USL cross-check optimized: sigma 0.05, kappa 0.01, peak at 9.75 connections" in text
+
+
+def test_the_sweep_page_marks_grid_points_over_the_node_limit(tiny_outputs, tmp_path):
+    """A sweep's rows over the node connection limit (modelling marks them, not run) read 'not run' on the
+    sweep page, and page 1 answers with the sweep's fewest nodes when there is no capacity table."""
+    out, _ = tiny_outputs
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    nan = float("nan")
+    sweep = pd.DataFrame(
+        {
+            "nodes": [4, 5],
+            "connections": [10000, 10000],
+            "p95_ms": [nan, 30.67],
+            "p95_ms_ci": [nan, 0.32],
+            "mean_cpu_pct": [nan, 255.7],
+            "error_rate_pct": [nan, 0.0],
+            "meets_slo": [False, True],
+            "over_node_limit": [True, False],
+        }
+    )
+    sweep.to_csv(copy / "sweep.csv", index=False)
+    (copy / "capacity.csv").unlink()
+    model = json.loads((copy / "model.json").read_text())
+    model.pop("capacity")
+    model["sweep"] = {"rows": 2, "fewest_nodes_meeting_slo": 5, "with_n_plus_1": 6, "node_limit": 2000}
+    (copy / "model.json").write_text(json.dumps(model))
+    res = caplab("report", str(copy))
+    assert res.returncode == 0, res.stderr
+    pages = [" ".join(p.extract_text().split()) for p in PdfReader(copy / "report.pdf").pages]
+    assert "10 000 connections need 5 nodes within the SLO, 6 with one spare (N+1)" in pages[0]
+    sweep_page = next(p for p in pages if "Sweep grid" in p)
+    assert "4 10000 not run: over the node limit" in sweep_page
+    assert "5 10000 30.7 ± 0.3 51 0 yes" in sweep_page  # CPU per node: 255.7 % over 5 nodes
