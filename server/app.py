@@ -18,17 +18,19 @@ from . import http
 from .alerts import SlackAlerts, readings
 from .auth import Authenticator
 from .batching import Batcher
+from .codec import PACKET_HOOKS
 from .compat import namespace_rooms, pending_binary
 from .db import Database
 from .events import Handlers, SocketState
 from .fanout import LabManager, LabRedisManager
 from .guard import EVENT_TYPES, PacketRejected, StrictPacket, event_name
+from .leanmetrics import LeanMetrics
 from .limits import BanList, ConnectionLimiter, ConnectRate, LimitExceeded, PendingSessions
 from .memory import GcMonitor, LoopLagMonitor, MemoryMonitor, tune_gc
 from .metrics import Metrics
 from .recovery import Recovery
 from .settings import Settings
-from .transport import GuardedSocket, LeanSocket
+from .transport import GuardedSocket, LeanSocket, writing
 
 RECEIVED: contextvars.ContextVar[float] = contextvars.ContextVar("received")
 log = logging.getLogger("server")
@@ -185,9 +187,10 @@ class SioServer(socketio.AsyncServer):
 
     async def _handle_event_internal(self, server, sid, eio_sid, data, namespace, id):
         await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-        metrics = self.lab.metrics
+        lab = self.lab
+        metrics = lab.metrics
         if id is not None:
-            metrics.packets_out.inc()
+            lab.acks_out.inc()
         metrics.observe_latency(time.perf_counter() - RECEIVED.get(time.perf_counter()))
 
 
@@ -204,6 +207,8 @@ class LabServer:
         t = s.toggles
         self.metrics = Metrics()
         self.metrics.set_limits(s)
+        self.lean = LeanMetrics(self.metrics) if t.lean_metrics else None
+        self.acks_out = self.lean.packets_out if self.lean is not None else self.metrics.packets_out
         self.db = Database(s.db)
         self.auth = Authenticator.from_settings(s, self.db, self.metrics)
         self.redis = self.auth.redis
@@ -238,7 +243,9 @@ class LabServer:
         manager.fast_fanout = t.fast_fanout
         # a packet class of this node's own: the attachment cap is a setting (rate_limit; else engine.io's)
         packet_class = type(
-            "NodePacket", (StrictPacket,), {"max_attachments": s.max_attachments if t.rate_limit else 10**10}
+            "NodePacket",
+            (StrictPacket,),
+            {"max_attachments": s.max_attachments if t.rate_limit else 10**10, **(PACKET_HOOKS if t.fast_json else {})},
         )
         self.sio = SioServer(
             client_manager=manager,
@@ -266,6 +273,8 @@ class LabServer:
                 s.compression_threshold,
                 self.metrics,
             )
+            if t.batch_flush_soon:
+                self.batcher.busy = lambda eio_sid: writing(self, eio_sid)
         else:
             self.batcher = None
         self.recovery = manager.recovery = (

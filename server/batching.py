@@ -48,7 +48,16 @@ def batch_packets(entries: list[str], compression_threshold: int, namespace: str
 
 
 class Batcher:
-    """Queues pre-encoded entries per recipient and flushes them every window or when full."""
+    """Queues pre-encoded entries per recipient and flushes them every window or when full.
+
+    With ``busy`` set (the ``batch_flush_soon`` toggle), pending batches also go out at the end of the
+    loop iteration that queued them, except to clients ``busy`` says are still writing: an event to an
+    idle client waits for no window, and entries merge only when they arrive together (one loop
+    iteration) or while the client's previous write is pending (then the window bounds the wait).
+    """
+
+    busy: Callable[[str], bool] | None = None
+    _soon = False
 
     def __init__(
         self,
@@ -93,7 +102,22 @@ class Batcher:
                 if len(queue) >= self.batch_size:
                     del size[sid]
                     self._send({sid: pending.pop(sid)}, {sid: oldest.pop(sid)}, now)
+        if self.busy is not None and pending and not self._soon:
+            self._soon = True
+            asyncio.get_running_loop().call_soon(self.flush_idle)
         return n
+
+    def flush_idle(self) -> int:
+        """Send the pending batches of clients that are not busy writing; return how many were sent."""
+        self._soon = False
+        busy, pending, oldest = self.busy, self.pending, self.oldest
+        assert busy is not None  # scheduled only with it
+        idle = [sid for sid in pending if not busy(sid)]
+        if not idle:
+            return 0
+        for sid in idle:
+            del self.size[sid]
+        return self._send({s: pending.pop(s) for s in idle}, {s: oldest.pop(s) for s in idle}, time.perf_counter())
 
     def flush(self) -> int:
         """Send every pending batch now; return the number of batches sent."""

@@ -61,3 +61,19 @@ def adopt(sock: AsyncSocket, cls: type[AsyncSocket]) -> None:
     """Turn engine.io's just-created socket into ``cls``, a subclass that adds methods and no slots
     (engine.io creates its sockets itself and offers no factory)."""
     sock.__class__ = cls
+
+
+def packet_codec(json_module: Any, data_is_binary: Any) -> dict[str, Any]:
+    """Class attributes for a ``socketio.packet.Packet`` subclass: python-socketio reads and writes
+    every packet's JSON through the class's ``json`` (the hook its ``json=`` argument sets) and calls
+    ``data_is_binary`` on the data of every packet it creates (server/codec.py, ``fast_json``)."""
+    return {"json": json_module, "data_is_binary": classmethod(data_is_binary)}
+
+
+def replace_queue(sock: AsyncSocket, queue: Any) -> Any:
+    """Give an engine.io socket another send queue and return the old one. engine.io's
+    ``AsyncSocket.send`` puts every packet on ``sock.queue`` with ``put`` (which calls ``put_nowait``)
+    and its ``poll`` takes them with ``get``/``get_nowait``: a subclass of ``asyncio.Queue`` that
+    overrides ``put_nowait`` sees every packet (server/transport.py, ``Outbox``, ``DirectQueue``)."""
+    old, sock.queue = sock.queue, queue
+    return old

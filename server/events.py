@@ -12,7 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import socketio
 
@@ -182,7 +182,10 @@ class Handlers:
     # -- events -----------------------------------------------------------------------------
     def wrap(self, name: str, fn):
         lab = self.lab
-        events_in = lab.metrics.events_in.labels(event=name)
+        events_in: Any = lab.metrics.events_in.labels(event=name)
+        handler_seconds: Any = lab.metrics.handler_seconds
+        if lab.lean is not None:  # lean_metrics: plain numbers, folded into these when read
+            events_in, handler_seconds = lab.lean.counter(events_in), lab.lean.handler_seconds
 
         async def handler(sid: str, *args):
             t0 = time.perf_counter()
@@ -205,7 +208,7 @@ class Handlers:
                 log.warning("%s handler failed: %s: %s", name, type(exc).__name__, str(exc)[:200])
                 return {"error": "server_error", "detail": f"{name} failed on the server"}
             finally:
-                lab.metrics.handler_seconds.inc(time.perf_counter() - t0)
+                handler_seconds.inc(time.perf_counter() - t0)
 
         return handler
 

@@ -30,6 +30,10 @@ class Toggles(BaseModel):
     uvloop: bool = False  # uvloop event loop instead of asyncio's default
     lean_transport: bool = False  # one plain await per websocket message (no task + wait_for each)
     recovery: bool = False  # per-room sequences + replay buffer: reconnecting clients get what they missed
+    fast_json: bool = False  # orjson through python-socketio's json hook, as strict as the stdlib guard
+    direct_write: bool = False  # a websocket frame straight to the transport when it takes bytes (no queue, no task)
+    batch_flush_soon: bool = False  # batching: flush at the end of the loop iteration, not the tick; busy clients wait
+    lean_metrics: bool = False  # per-event metrics in plain numbers, folded into Prometheus when read
 
 
 PROFILES: dict[str, dict[str, bool]] = {

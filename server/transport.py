@@ -17,6 +17,13 @@ every message through a new task and an ``asyncio.wait_for`` (its dead-client ti
 server's service task already closes sockets whose pongs stop (``check_ping_timeout``), which also
 ends this read, so here each message is one plain ``await ws.wait()``. Upgrades from long-polling
 keep the stock path.
+
+``direct_write`` (with ``lean_transport``): engine.io puts every outgoing packet on an
+``asyncio.Queue`` that a writer task per connection empties (one task wake-up and a ``wait_for``
+per packet). Here :class:`DirectQueue` writes a packet's websocket frame straight to the transport
+when nothing is ahead of it (queue empty, no write in progress, the kernel took every byte so far);
+otherwise the packet queues (bounded as ``Outbox``) and a writer task is started for as long as
+the queue holds packets. A connection keeps no writer task while it keeps up.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -89,6 +97,56 @@ class Outbox(asyncio.Queue):
         return item
 
 
+def ws_frame(data: str | bytes) -> bytes:
+    """One unmasked, uncompressed, final websocket frame (RFC 6455 5.2): text for str, binary for bytes."""
+    if isinstance(data, str):
+        data, head = data.encode(), 0x81
+    else:
+        head = 0x82
+    n = len(data)
+    if n < 126:
+        return bytes((head, n)) + data
+    if n < 65536:
+        return struct.pack("!BBH", head, 126, n) + data
+    return struct.pack("!BBQ", head, 127, n) + data
+
+
+class DirectQueue(Outbox):
+    """A send queue that writes a packet's frame to the transport at once when nothing is ahead of it."""
+
+    transport: asyncio.Transport | None = None  # set while the lean loop runs
+    start_writer: Callable[[], None] | None = None
+    writing = False  # a writer task holds or sends packets: new ones queue behind them
+
+    def put_nowait(self, item) -> None:
+        t = self.transport
+        if (
+            item is not None
+            and t is not None
+            and not self.writing
+            and not self.qsize()
+            and not t.get_write_buffer_size()
+            and not t.is_closing()
+        ):
+            t.write(ws_frame(item.encode()))
+            return
+        super().put_nowait(item)
+        if self.start_writer is not None and not self.writing:
+            self.start_writer()
+
+
+def writing(lab: LabServer, eio_sid: str) -> bool:
+    """Is a write to this client still in progress (packets queued, or bytes the kernel has not taken)?"""
+    sock = lab.sio.eio.sockets.get(eio_sid)
+    if sock is None:
+        return False
+    queue = sock.queue
+    if queue.qsize() or getattr(queue, "writing", False):
+        return True
+    transport = sock.transport() if isinstance(sock, GuardedSocket) else None
+    return transport is not None and transport.get_write_buffer_size() > 0
+
+
 def peer_stalled(lab: LabServer, eio_sid: str) -> bool:
     sock = lab.sio.eio.sockets.get(eio_sid)
     return not isinstance(sock, GuardedSocket) or sock.stalled()
@@ -104,7 +162,21 @@ class GuardedSocket(AsyncSocket):
         compat.adopt(sock, cls)
         sock.lab = lab
         s = lab.settings
-        if s.toggles.conn_limits:
+        if s.toggles.direct_write and s.toggles.lean_transport:
+            sid = sock.sid
+            limited = s.toggles.conn_limits
+            old = compat.replace_queue(
+                sock,
+                DirectQueue(
+                    s.max_outbound_messages if limited else 2**62,
+                    s.max_outbound_bytes if limited else 2**62,
+                    lambda: lab.drop_eio(sid, "slow_client"),
+                    lambda: peer_stalled(lab, sid),
+                ),
+            )
+            while not old.empty():  # the OPEN packet engine.io queued already
+                sock.queue.put_nowait(old.get_nowait())
+        elif s.toggles.conn_limits:
             sid = sock.sid  # the callback must not hold the socket: a cycle would outlive the connection until a GC
             old, sock.queue = (
                 sock.queue,
@@ -189,6 +261,28 @@ class LeanSocket(GuardedSocket):
         self.upgraded = True
         server = self.server
         max_size = server.max_http_buffer_size
+        queue = self.queue
+        direct = isinstance(queue, DirectQueue)
+        writer_task: asyncio.Future | None = None
+
+        async def drain():  # direct_write: send what queued while the transport was busy, then end
+            try:
+                while not queue.empty():
+                    pkt = queue.get_nowait()
+                    if pkt is None:
+                        queue.transport = queue.start_writer = None
+                        await ws.close()
+                        return
+                    await ws.send(pkt.encode())
+            except Exception:
+                queue.transport = queue.start_writer = None  # the connection failed: nothing more goes out
+            finally:
+                queue.writing = False
+
+        def start_writer():
+            nonlocal writer_task
+            queue.writing = True  # from now: one drain task at a time, packets queue behind it
+            writer_task = asyncio.ensure_future(drain())
 
         async def writer():
             while True:
@@ -205,7 +299,12 @@ class LeanSocket(GuardedSocket):
                     break
             await ws.close()
 
-        writer_task = asyncio.ensure_future(writer())
+        if direct:
+            queue.transport, queue.start_writer = self.transport(), start_writer
+            if not queue.empty():  # the OPEN packet
+                start_writer()
+        else:
+            writer_task = asyncio.ensure_future(writer())
         while True:
             try:
                 data = await ws.wait()
@@ -231,5 +330,8 @@ class LeanSocket(GuardedSocket):
                 self.lab.metrics.errors.labels(kind="handler_error").inc()
                 log.warning("receive error on %s: %s: %s", self.sid, type(exc).__name__, str(exc)[:200])
         await self.queue.put(None)
-        await writer_task
+        while writer_task is not None and not writer_task.done():
+            await writer_task  # direct_write: the drain that took the None may be a later one
+        if direct:
+            queue.transport = queue.start_writer = None  # socket -> queue -> start_writer -> socket
         await self.close(wait=False, abort=True, reason=server.reason.CLIENT_DISCONNECT)

@@ -36,7 +36,8 @@ async def raw_frames(url: str, token: str, seconds: float, ready: asyncio.Event)
 
 
 async def test_events_within_window_arrive_as_one_batch_frame(start_server):
-    server, users = start_server("optimized", companies=1, users=2, sets={"flush_interval_ms": 200})
+    sets = {"flush_interval_ms": 200, "batch_flush_soon": "off"}  # the window's merging (flush_soon: see below)
+    server, users = start_server("optimized", companies=1, users=2, sets=sets)
     ready = asyncio.Event()
     listener = asyncio.create_task(raw_frames(server.url, users[1]["token"], 1.0, ready))
     await ready.wait()
@@ -71,7 +72,7 @@ async def test_full_batch_is_sent_at_once(start_server):
 
 async def test_a_batch_is_cut_by_bytes(start_server):
     """Entries over ``batch_max_bytes`` go out before the window ends, in frames under the bound."""
-    sets = {"flush_interval_ms": 5000, "batch_max_bytes": 10_000, "compression_threshold": 0}
+    sets = {"flush_interval_ms": 5000, "batch_max_bytes": 10_000, "compression_threshold": 0, "batch_flush_soon": "off"}
     server, users = start_server("optimized", companies=1, users=2, sets=sets)
     ready = asyncio.Event()
     listener = asyncio.create_task(raw_frames(server.url, users[1]["token"], 1.5, ready))

@@ -3,6 +3,7 @@ that moves one fails here by name (the server tests would fail too, but somewher
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from importlib.metadata import version
 
@@ -12,7 +13,7 @@ import socketio
 from engineio.async_socket import AsyncSocket
 
 from server.app import SioServer
-from server.compat import CALLS, OVERRIDES, TESTED, adopt, namespace_rooms, pending_binary
+from server.compat import CALLS, OVERRIDES, TESTED, adopt, namespace_rooms, packet_codec, pending_binary, replace_queue
 from server.fanout import LabRedisManager
 from server.transport import GuardedSocket, LeanSocket
 
@@ -77,3 +78,43 @@ def test_the_installed_library_is_the_tested_minor_version(package, minor):
     assert version(package).split(".")[:2] == minor.split("."), (
         f"{package} {version(package)}: compat tested on {minor}"
     )
+
+
+def test_a_packet_class_reads_and_writes_its_json_and_binary_scan_through_the_codec_hooks():
+    calls = []
+
+    class Json:
+        @staticmethod
+        def dumps(obj, **kwargs):
+            calls.append("dumps")
+            return '["x",1]'
+
+        @staticmethod
+        def loads(text, **kwargs):
+            calls.append("loads")
+            return ["x", 1]
+
+    def data_is_binary(cls, data):
+        calls.append("binary")
+        return False
+
+    Packet = type("Packet", (socketio.packet.Packet,), packet_codec(Json, data_is_binary))
+    assert Packet(socketio.packet.EVENT, data=["x", 1]).encode() == '2["x",1]'
+    assert Packet(encoded_packet='2["x",1]').data == ["x", 1]
+    assert calls[:2] == ["binary", "dumps"] and "loads" in calls
+
+
+async def test_engineio_send_puts_every_packet_on_the_socket_queue_with_put_nowait():
+    seen = []
+
+    class Recorder(asyncio.Queue):
+        def put_nowait(self, item):
+            seen.append(item)
+            super().put_nowait(item)
+
+    sock = AsyncSocket(engineio.AsyncServer(async_mode="aiohttp"), "sid")
+    replace_queue(sock, Recorder())
+    pkt = engineio.packet.Packet(engineio.packet.MESSAGE, "2hi")
+    await sock.send(pkt)
+    assert seen == [pkt]
+    assert await sock.poll() == [pkt]  # and the writer's poll takes them from it
