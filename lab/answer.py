@@ -295,12 +295,10 @@ def answer_sentence(
     if rows:
         top = max(r.connections for r in rows)
         at = [r for r in rows if r.connections == top]
-        each = ", ".join(
-            f"{r.label} {r.answer.nodes}" if r.answer.nodes is not None else f"{r.label} no answer" for r in at
-        )
-        return f"{thousands(top)} connections need {each} nodes with one spare (N+1), by the calibrated model" + (
-            f"; confidence {grade}." if grade else "."
-        )
+        each = [f"{r.answer.nodes} nodes ({r.label})" if r.answer.nodes else f"no answer ({r.label})" for r in at]
+        listed = ", ".join(each[:-1]) + f" and {each[-1]}" if len(each) > 1 else each[0]
+        end = f"; confidence {grade}." if grade else "."
+        return f"{thousands(top)} connections need {listed} with one spare (N+1), by the calibrated model{end}"
     if sweep and sweep_rows is not None and not sweep_rows.empty:
         fewest = sweep.get("fewest_nodes_meeting_slo")
         target = thousands(float(sweep_rows["connections"].max())) if "connections" in sweep_rows else "the target"

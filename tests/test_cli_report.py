@@ -309,7 +309,8 @@ def test_page_one_answers_with_the_capacity_table_confidence_and_claims(tiny_out
             assert answer["text"] in text, (label, n)
             targets.add(int(n))
     top = max(targets)
-    assert f"{top} connections need " in text and "nodes with one spare (N+1)" in text  # the one-sentence answer
+    sentence = " and ".join(f"{c['nodes'][str(top)]['nodes']} nodes ({k})" for k, c in model["capacity"].items())
+    assert f"{top} connections need {sentence} with one spare (N+1)" in text  # the one-sentence answer
     # confidence: per profile, the held-out steps within their band (an oracle over validation.csv)
     validation = pd.read_csv(out / "validation.csv")
     assert "Confidence: " in text
