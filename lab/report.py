@@ -227,7 +227,9 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
     )
     if rows:
         y = capacity_section(fig, y - 0.01, rows, caps, model, colors)
-        y = _text(fig, y, [conf.text], size=8)
+        head = f"Confidence: {conf.grade}."
+        y = _text(fig, y - 0.004, [head], size=9, weight="bold")
+        y = _text(fig, y, [conf.text.removeprefix(head).strip()], size=8)
         y = _text(fig, y, [f"(Grades: {CONFIDENCE_RULE}.)"], size=6.5, color="#555555")
     y = _text(fig, y - 0.006, measured_lines(summary), size=8)
     if len(labels) >= 2:

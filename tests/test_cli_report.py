@@ -391,3 +391,39 @@ def test_the_sweep_page_marks_grid_points_over_the_node_limit(tiny_outputs, tmp_
     sweep_page = next(p for p in pages if "Sweep grid" in p)
     assert "4 10000 not run: over the node limit" in sweep_page
     assert "5 10000 30.7 ± 0.3 51 0 yes" in sweep_page  # CPU per node: 255.7 % over 5 nodes
+
+
+def test_confidence_grades_follow_the_held_out_bands_and_the_envelope():
+    from eventlog.capacity import NodeCapacity as Cap
+    from lab.answer import CapacityRow, Envelope, confidence, plus_minus
+
+    def validation(p95_verdict: str) -> pd.DataFrame:
+        rows = [
+            {"label": "opt", "step": 2, "metric": m, "verdict": v, "held_out": True}
+            for m, v in (("p95_ms", p95_verdict), ("cpu_pct", "within band"), ("memory_mb", "within band"))
+        ]
+        fitted = {"label": "opt", "step": 0, "metric": "p95_ms", "verdict": "outside band", "held_out": False}
+        return pd.DataFrame([*rows, fitted])  # a fitted step's miss does not count: only held-out steps do
+
+    cap = Cap((400, 500))
+    env = Envelope(connections_per_node=300, events_per_s_per_node=150)
+
+    def row(n: int, extrapolated: bool) -> CapacityRow:
+        return CapacityRow("opt", n, cap.answer(n), 1, "1", "1 %", "1 MB", "meets", True, extrapolated, [])
+
+    inside = confidence(validation("within band"), ["opt"], [row(200, False)], env)
+    assert inside.grade == "HIGH" and "opt on held-out steps: every band held" in inside.text
+    beyond = confidence(validation("within measurement noise"), ["opt"], [row(200, False), row(2000, True)], env)
+    assert beyond.grade == "MEDIUM" and "Outside the validated envelope (measured up to 300 connections" in beyond.text
+    assert "marked *: opt at 2 000" in beyond.text
+    missed = confidence(validation("outside band"), ["opt"], [row(200, False)], env, {"opt": cap})
+    assert missed.grade == "LOW" and "missed p95 0 of 1; held CPU 1 of 1, memory 1 of 1" in missed.text
+    assert "opt's node capacity (400 per node) is itself an extrapolation" in missed.text
+    assert confidence(pd.DataFrame(), ["opt"], [row(200, False)], env).grade == "LOW"  # no validation at all
+    # a mean and its CI to the CI's second significant digit, never in exponent form
+    assert [plus_minus(*x) for x in ((158.11, 154.05), (5.5568, 0.1026), (35538.0, 3549.1), (102.41, 1e-11))] == [
+        "160 ± 150",
+        "5.56 ± 0.10",
+        "35 500 ± 3 500",
+        "102 ± 0",
+    ]
