@@ -507,7 +507,11 @@ def resources_page(pdf: PdfPages, summary: Summary, colors: Mapping[str, str]) -
                 fontsize=6.5,
                 ha="left",
             )
-    for ax, yl in zip(axes, ("server CPU % of one core", "RSS (MB)", "loop lag max (ms)"), strict=True):
+    several = any((s.manifest.nodes or 1) > 1 for s in summary.values())
+    names = ("server CPU % of one core", "RSS (MB)", "loop lag max (ms)")
+    if several:  # eventlog.timeseries sums each series over the nodes
+        names = ("server CPU %, sum over nodes", "RSS (MB), sum over nodes", "loop lag max (ms), sum over nodes")
+    for ax, yl in zip(axes, names, strict=True):
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
