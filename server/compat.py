@@ -29,6 +29,7 @@ OVERRIDES: tuple[Hook, ...] = (
     (socketio.AsyncServer, "_handle_eio_disconnect", ("eio_sid", "reason")),
     (socketio.AsyncServer, "_handle_event_internal", ("server", "sid", "eio_sid", "data", "namespace", "id")),
     (AsyncSocket, "_websocket_handler", ("ws",)),
+    (AsyncSocket, "schedule_ping", ()),  # called after the handshake and after each PONG (direct_write)
     (socketio.AsyncRedisManager, "_redis_connect", ()),
     (socketio.AsyncRedisManager, "_handle_emit", ("message",)),
     (socketio.AsyncRedisManager, "_publish", ("data",)),

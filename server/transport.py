@@ -23,7 +23,9 @@ keep the stock path.
 per packet). Here :class:`DirectQueue` writes a packet's websocket frame straight to the transport
 when nothing is ahead of it (queue empty, no write in progress, the kernel took every byte so far);
 otherwise the packet queues (bounded as ``Outbox``) and a writer task is started for as long as
-the queue holds packets. A connection keeps no writer task while it keeps up.
+the queue holds packets. A connection keeps no writer task while it keeps up, and no ping task
+either: its next PING is a loop timer (engine.io starts a task per connection that sleeps a ping
+interval).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import asyncio
 import base64
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -247,6 +250,21 @@ class GuardedSocket(AsyncSocket):
 
 
 class LeanSocket(GuardedSocket):
+    last_ping: float | None  # engine.io's: when the unanswered PING went out (None: answered)
+
+    def schedule_ping(self):
+        """direct_write: the next PING from a loop timer, not a task per connection sleeping a ping interval."""
+        if not isinstance(self.queue, DirectQueue):
+            return super().schedule_ping()
+        if self.last_ping:  # as engine.io: only after the previous ping's pong
+            self.last_ping = None
+            asyncio.get_running_loop().call_later(self.server.ping_interval, self._ping_due)
+
+    def _ping_due(self) -> None:
+        if not self.closing and not self.closed:
+            self.last_ping = time.time()
+            self.queue.put_nowait(packet.Packet(packet.PING))
+
     async def _websocket_handler(self, ws):
         if self.connected:  # an upgrade from polling: the stock handshake
             return await super()._websocket_handler(ws)

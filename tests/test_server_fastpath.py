@@ -150,3 +150,29 @@ async def test_lean_metrics_show_every_event_to_a_scrape_at_once(start_server):
     assert samples["socketio_latency_seconds_count"] == 25
     assert samples["socketio_handler_seconds_total"] > 0
     assert snap["performance"]["latency"]["p95"] > 0  # the window's percentiles, from the folded latencies
+
+
+async def test_direct_write_pings_from_a_timer_and_keeps_an_answering_client(start_server):
+    """With direct_write engine.io's per-connection ping task is a loop timer: pings keep coming after
+    each pong, and a client that answers them stays connected."""
+    server, users = start_server("optimized", companies=1, users=1, sets={"heartbeat_s": 0.3, "ping_timeout_s": 5})
+    pings = 0
+    async with (
+        aiohttp.ClientSession() as s,
+        s.ws_connect(server.url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket") as ws,
+    ):
+        assert (await ws.receive()).data.startswith("0")
+        await ws.send_str("40" + json.dumps({"token": users[0]["token"]}))
+        end = time.monotonic() + 2.0
+        while (left := end - time.monotonic()) > 0:
+            try:
+                msg = await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+            assert msg.type == aiohttp.WSMsgType.TEXT, msg
+            if msg.data == "2":
+                pings += 1
+                await ws.send_str("3")
+        await ws.send_str('421["echo","still here"]')
+        assert (await ws.receive(timeout=2)).data == '431["still here"]'
+    assert pings >= 3, f"{pings} pings in 2 s at a 0.3 s interval"
