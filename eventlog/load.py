@@ -70,6 +70,12 @@ class Step(BaseModel):
     events_per_second: float | None = Field(
         None, ge=0, description="total send rate in this step (a rate ramp); default: the run's per-connection rate"
     )
+    chat_share: float | None = Field(
+        None, ge=0, le=1, description="share of sends that are chats in this step (the rest echo); default: the mix"
+    )
+    churn_per_s: float | None = Field(
+        None, ge=0, description="planned disconnect+reconnects per second in this step; default: the run's"
+    )
 
 
 class Load(BaseModel):
@@ -128,6 +134,20 @@ class Load(BaseModel):
         """Per-connection send rate in step ``i``."""
         s = self.steps[i]
         return s.events_per_second / s.connections if s.events_per_second is not None else self.base_rate
+
+    def step_mix(self, i: int) -> dict[str, float]:
+        """The event mix of step ``i``: its own chat share, else the run's mix."""
+        share = self.steps[i].chat_share
+        return {str(k): v for k, v in self.mix.items()} if share is None else {"echo": 1.0 - share, "chat": share}
+
+    def step_churn(self, i: int) -> float:
+        """Planned disconnect+reconnects per second in step ``i``."""
+        own = self.steps[i].churn_per_s
+        return self.churn_per_s if own is None else own
+
+    @property
+    def churns(self) -> bool:
+        return self.churn_per_s > 0 or any((s.churn_per_s or 0) > 0 for s in self.steps)
 
     def schedule(self) -> list[tuple[float, float, int]]:
         """(step start, hold start, target) in run seconds."""

@@ -13,7 +13,7 @@ import os
 import random
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -97,11 +97,8 @@ class Worker:
         }
         self.heap: list[tuple[float, int, int]] = []  # (intended time, connection id, its epoch)
         self.rate = spec.base_rate
-        total = sum(spec.mix.values())
-        acc, self.mix = 0.0, []
-        for name, w in spec.mix.items():
-            acc += w / total
-            self.mix.append((acc, name))
+        self.set_mix(spec.mix)
+        self.churn_rate = spec.step_churn(0)
         self.pad = "x" * spec.payload_bytes
         self.recover = spec.recover  # read per delivery: a plain attribute
         self.sending = False
@@ -139,6 +136,14 @@ class Worker:
         (exact for Poisson arrivals, which are memoryless; a fresh phase for fixed rates)."""
         self.heap[:] = [(self.first_send(now), cid, ep) for _, cid, ep in self.heap]  # in place: sender holds it
         heapq.heapify(self.heap)
+
+    def set_mix(self, mix: Mapping[str, float]) -> None:
+        total = sum(mix.values())
+        acc, self.mix = 0.0, []
+        for name, w in mix.items():
+            if w > 0:
+                acc += w / total
+                self.mix.append((acc, name))
 
     def pick(self) -> str:
         r = self.rng.random()
@@ -370,8 +375,11 @@ class Worker:
                 self.window_lat = []
 
     async def churn(self) -> None:
-        rate = self.spec.churn_per_s / self.spec.workers
-        while rate > 0 and self.sending:
+        while self.spec.churns and self.sending:
+            rate = self.churn_rate / self.spec.workers  # the step's: steps may churn at other rates
+            if rate <= 0:
+                await asyncio.sleep(0.05)
+                continue
             await asyncio.sleep(self.rng.expovariate(rate))
             up = [v for v in self.vconns.values() if v.up]
             if not up:
@@ -395,6 +403,8 @@ class Worker:
         per_worker_rate = spec.connect_rate / spec.workers
         for i, (start, hold, target) in enumerate(spec.schedule()):
             await self.sleep_until(start)
+            self.set_mix(spec.step_mix(i))
+            self.churn_rate = spec.step_churn(i)
             rate = spec.step_rate(i)
             if rate != self.rate:
                 self.rate = rate

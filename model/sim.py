@@ -291,6 +291,7 @@ class Simulation:
         mix = {k: v for k, v in wl.mix.items() if v > 0}
         total = sum(mix.values())
         self.p_chat = mix.get("chat", 0.0) / total
+        self.churn_rate = wl.churn_per_s  # the current step's (steps_proc sets it)
         # recovery: a client that reconnects is replayed the chats of its company it missed
         self.recovering = wl.recover and cal.recovery_max_events > 0
         # a replayed delivery goes out as a packet of its own (it is encoded already, when buffered)
@@ -331,6 +332,9 @@ class Simulation:
         for i, (start, hold, target) in enumerate(wl.schedule()):
             yield env.timeout(max(0.0, start - env.now))
             self.rate = wl.step_rate(i)
+            mix = wl.step_mix(i)
+            self.p_chat = mix.get("chat", 0.0) / sum(mix.values())
+            self.churn_rate = wl.step_churn(i)
             rows.add(K["sample"], start, name=NAME["step"], value=target)
             rows.add(K["sample"], start, name=NAME["step_eps"], value=self.rate * target)
             new = np.arange(opened, max(opened, target))
@@ -392,9 +396,11 @@ class Simulation:
                 st.lag_max = 0.0
 
     def churn(self) -> Proc:
-        rate = self.wl.churn_per_s
-        while rate > 0 and not self.done:
-            yield self.env.timeout(self.r_churn.exponential(1.0 / rate))
+        while not self.done:
+            if self.churn_rate <= 0:  # a step without churn: look again a slice later
+                yield self.env.timeout(self.dt)
+                continue
+            yield self.env.timeout(self.r_churn.exponential(1.0 / self.churn_rate))
             ids = np.flatnonzero(self.live)
             if ids.size:
                 cid = int(self.r_churn.choice(ids))
@@ -778,7 +784,7 @@ class Simulation:
         env.process(self.steps_proc())
         env.process(self.ticker())
         env.process(self.sampler())
-        if self.wl.churn_per_s > 0 and self.trace is None:
+        if self.wl.churns and self.trace is None:
             env.process(self.churn())
         env.run()
         # planned closes at the end, as the load generator does

@@ -169,3 +169,27 @@ def test_churn_keeps_the_offered_rate(server, tmp_path):
     sends = df[(df["kind"] == "send") & (df["name"] == "echo")]
     late = sends[sends["t"] >= sends["t"].max() - 4]  # the last 4 s, after most of the churn
     assert len(late) / 4 == pytest.approx(200, rel=0.08)
+
+
+def test_each_step_sends_its_own_chat_share_and_churns_at_its_own_rate(server, tmp_path):
+    """Issue 11's calibration design varies the chat share and the churn step by step (Step.chat_share,
+    Step.churn_per_s): the generator changes both at each step's start."""
+    srv, tokens = server("optimized")
+    spec = spec_for(
+        srv.url,
+        steps=[
+            {"connections": 20, "hold_s": 3, "chat_share": 0.0},
+            {"connections": 20, "hold_s": 3, "chat_share": 0.5, "churn_per_s": 5},
+        ],
+        events_per_second=60,
+        mix={"echo": 1},
+    )
+    run = read_run(run_load(spec, tmp_path / "runs", tokens, quiet=True))
+    df = run.events
+    second = df[(df["kind"] == "sample") & (df["name"] == "step")]["t"].iloc[1]
+    sends = df[df["kind"] == "send"]
+    first, later = sends[sends["t"] < second], sends[sends["t"] >= second + 0.1]
+    assert (first["name"] == "echo").all() and len(first) > 50
+    assert (later["name"] == "chat").mean() == pytest.approx(0.5, abs=0.12)
+    closes = df[(df["kind"] == "disconnect") & (df["t"] < df[df["name"] == "end"]["t"].min())]
+    assert len(closes) >= 5 and (closes["t"] >= second).all()  # churn in the second step only

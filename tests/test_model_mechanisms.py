@@ -252,3 +252,26 @@ def test_a_sequenced_room_event_is_delivered_on_its_own_node_only_after_redis(tm
     assert total_work(sim) == pytest.approx(sim.events_in * (e + pub + 2 * rcv), rel=1e-9)
     push = latency[kind == K["push"]]
     assert push.size == 4 * sim.events_in and push.min() >= e + pub + rtt + rcv - 1e-9
+
+
+def test_steps_with_their_own_chat_share_and_churn():
+    cal = Calibration(cpu_per_event_s=1e-4, **QUIET)
+    wl = Workload(
+        steps=[
+            {"connections": 20, "hold_s": 10, "chat_share": 0.0},
+            {"connections": 20, "hold_s": 10, "chat_share": 0.5, "churn_per_s": 4},
+        ],
+        events_per_second=100,
+        mix={"echo": 1.0},
+        connect_rate=1e6,
+    )
+    t, kind, _c, _n, name, *_ = Simulation(cal, wl, seed=1).run()
+    from model.sim import NAME
+
+    second = t[(kind == K["sample"]) & (name == NAME["step"])][1]
+    sends = kind == K["send"]
+    assert not (sends & (t < second) & (name == NAME["chat"])).any()
+    later = sends & (t >= second)
+    assert (name[later] == NAME["chat"]).mean() == pytest.approx(0.5, abs=0.05)
+    closes = t[(kind == K["disconnect"]) & (t < wl.duration_s)]
+    assert closes.size >= 20 and (closes >= second).all()
