@@ -97,7 +97,7 @@ class Worker:
         }
         self.heap: list[tuple[float, int, int]] = []  # (intended time, connection id, its epoch)
         self.rate = spec.base_rate
-        self.set_mix(spec.mix)
+        self.set_mix(spec.step_mix(0))  # drive() sets each step's
         self.churn_rate = spec.step_churn(0)
         self.pad = "x" * spec.payload_bytes
         self.recover = spec.recover  # read per delivery: a plain attribute
