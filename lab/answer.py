@@ -318,3 +318,40 @@ def answer_sentence(
         )
         return f"Measured, the most connections held within the SLO: {held}."
     return "No measured or simulated capacity in this output folder."
+
+
+def slo_of(summary: Summary) -> SLO:
+    """The SLO the measured runs were judged by (the first run's), else the default."""
+    first = next(iter(summary.values()), None)
+    return SLO.from_manifest(first.manifest) if first else SLO()
+
+
+@dataclass(frozen=True)
+class PageOne:
+    """What the report's first page says, for a notebook or the CLI to print the same."""
+
+    question: str
+    sentence: str
+    rows: list[CapacityRow]
+    capacities: dict[str, NodeCapacity]
+    confidence: Confidence | None  # None when nothing was simulated
+    slo: SLO
+
+
+def page_one(out: Mapping[str, Any]) -> PageOne:
+    """The question, the one-sentence answer, the capacity table and the confidence, from load_outputs(out_dir)."""
+    record, model, summary = out["record"], out.get("model") or {}, out.get("summary") or {}
+    slo = slo_of(summary)
+    rows = capacity_table(out, slo)
+    caps = {label: cap for label, (cap, _) in node_answers(out).items()}
+    conf = None
+    if rows:
+        labels = list(dict.fromkeys([*caps, *summary]))
+        conf = confidence(out.get("validation", pd.DataFrame()), labels, rows, envelope(summary), caps)
+    first = next(iter(summary.values()), None)
+    scen = first.manifest.scenario if first else {}
+    question = record.get("question") or scen.get("question") or "(see the scenario file)"
+    sentence = answer_sentence(
+        rows, summary, conf.grade if conf else None, model.get("sweep"), out.get("sweep", pd.DataFrame())
+    )
+    return PageOne(" ".join(str(question).split()), sentence, rows, caps, conf, slo)

@@ -39,13 +39,10 @@ from .answer import (
     CONFIDENCE_RULE,
     METRIC_NAMES,
     CapacityRow,
-    answer_sentence,
-    capacity_table,
-    confidence,
-    envelope,
-    node_answers,
+    page_one,
     run_ids,
     short_id,
+    slo_of,
     thousands,
 )
 from .results import Summary, before_after, load_outputs
@@ -189,8 +186,7 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
 
 
 def _slo(summary: Summary) -> SLO:
-    first = next(iter(summary.values()), None)
-    return SLO.from_manifest(first.manifest) if first else SLO()
+    return slo_of(summary)
 
 
 def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str]) -> None:
@@ -199,16 +195,10 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
     fig = _page(f"Capacity report: {record['scenario']}")
     first = next(iter(summary.values()), None)
     manifest = first.manifest if first else None
-    scen = manifest.scenario if manifest else {}
-    slo = _slo(summary)
-    rows = capacity_table(out, slo)
-    caps = {label: cap for label, (cap, _) in node_answers(out).items()}
-    env = envelope(summary)
-    conf = confidence(out["validation"], list(dict.fromkeys([*caps, *labels])) if caps else [], rows, env, caps)
-    question = record.get("question") or scen.get("question") or "(see the scenario file)"
-    y = _text(fig, 0.925, [f"Question: {' '.join(str(question).split())}"], size=9.5)
-    sentence = answer_sentence(rows, summary, conf.grade if rows else None, model.get("sweep"), out["sweep"])
-    y = _text(fig, y - 0.004, [sentence], size=11, weight="bold")
+    p1 = page_one(out)
+    slo, rows, caps, conf = p1.slo, p1.rows, p1.capacities, p1.confidence
+    y = _text(fig, 0.925, [f"Question: {p1.question}"], size=9.5)
+    y = _text(fig, y - 0.004, [p1.sentence], size=11, weight="bold")
     m = manifest.machine if manifest else {}
     machine = (
         f" Measured on: {m.get('cores', '?')} cores, {fmt((m.get('memory_bytes') or 0) / 2**30, '{:.0f}')} GiB, "
@@ -225,7 +215,7 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
         ],
         size=7.5,
     )
-    if rows:
+    if rows and conf is not None:
         y = capacity_section(fig, y - 0.01, rows, caps, model, colors)
         head = f"Confidence: {conf.grade}."
         y = _text(fig, y - 0.004, [head], size=9, weight="bold")
