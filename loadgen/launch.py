@@ -10,6 +10,7 @@ left ``running``, names every writer process so that readers can see nobody is w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import math
@@ -311,20 +312,34 @@ def run_load(
     manifest_fields: dict | None = None,
     quiet: bool = False,
     scenario: dict | None = None,
+    cluster: str | None = None,
 ) -> Path:
-    """Create a run folder, run the load into it, and finish its manifest (complete or aborted)."""
-    run_dir, manifest = create_run(
-        out, "measured", name, scenario=scenario or {}, load=spec.model_dump(), **(manifest_fields or {})
-    )
-    t0 = manifest.monotonic_t0
-    try:
-        summaries = run_workers(spec, run_dir, t0, tokens, quiet=quiet)
-    except RunAborted as exc:
-        finish_run(run_dir, "aborted", error=str(exc), generator={"workers": exc.summaries})
-        exc.run_dir = run_dir
-        raise
-    except BaseException as exc:
-        finish_run(run_dir, "aborted", error=f"{type(exc).__name__}: {exc}")
-        raise
+    """Create a run folder, run the load into it, and finish its manifest (complete or aborted).
+
+    ``cluster`` (or, when None, the address ``loadgen.cluster.generators_on`` installed): a Dask
+    scheduler address; one generator runs on each of its workers (``loadgen.cluster``) instead of
+    ``spec.workers`` processes here. Its problems are a ``ClusterError`` before the run folder exists."""
+    from .cluster import ClusterLoad, current_cluster
+
+    address = cluster or current_cluster()
+    with ClusterLoad(address, spec, tokens) if address else contextlib.nullcontext() as on_cluster:
+        runner = run_workers
+        if on_cluster is not None:
+            spec, runner = on_cluster.spec, on_cluster.run
+        run_dir, manifest = create_run(
+            out, "measured", name, scenario=scenario or {}, load=spec.model_dump(), **(manifest_fields or {})
+        )
+        t0 = manifest.monotonic_t0
+        try:
+            summaries = runner(spec, run_dir, t0, tokens, quiet=quiet)
+        except RunAborted as exc:
+            finish_run(run_dir, "aborted", error=str(exc), generator={"workers": exc.summaries})
+            exc.run_dir = run_dir
+            raise
+        except BaseException as exc:
+            finish_run(run_dir, "aborted", error=f"{type(exc).__name__}: {exc}")
+            if hasattr(exc, "run_dir"):
+                exc.run_dir = run_dir
+            raise
     finish_run(run_dir, "complete", generator={"workers": summaries})
     return run_dir
