@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from io import StringIO
 from pathlib import Path
 
 import pandas as pd
@@ -211,3 +212,34 @@ def test_caplab_run_what_if_on_the_cluster_gives_the_local_sweep(cluster, tmp_pa
     assert "/8 simulations done" in remote.stderr and "8/8 simulations done" in remote.stderr
     assert "on the local process pool" in local.stderr and "Dask" not in local.stderr
     assert len(list((tmp_path / "dask-runs").iterdir())) == len(list((tmp_path / "local-runs").iterdir())) == 8
+
+
+def test_capacity_ramps_and_rows_on_the_cluster_equal_the_local_ones(cluster, tmp_path):
+    """The 'simulate' kind: the node-capacity ramps and the rows at each connection count."""
+    from lab.modelling import simulate_scenario
+    from model import using
+
+    simulate = {"calibration": str(CALIBRATION), "connections": [40, 60], "duration_s": 3, "replications": 2}
+    workload = {"steps": [{"connections": 60, "hold_s": 3}], "events_per_second": 30, "companies": 2}
+    question = "how many connections does one node hold?"
+    sc = parse_scenario(
+        yaml.safe_dump(
+            {"name": "tiny", "question": question, "kind": "simulate", "workload": workload, "simulate": simulate}
+        )
+    )
+    outputs = {}
+    for name, executor in (("local", LocalExecutor(1)), ("dask", DaskExecutor(cluster))):
+        (tmp_path / name).mkdir()
+        with using(executor):
+            record = simulate_scenario(sc, [], tmp_path / f"{name}-runs", tmp_path / name)
+        if isinstance(executor, DaskExecutor):
+            executor.close()
+        outputs[name] = record, (tmp_path / name / "capacity.csv").read_text()
+        assert len(list((tmp_path / f"{name}-runs").iterdir())) == 2 * 3  # 2 ramps, 2 counts x 2 replications
+    (local, local_csv), (dask, dask_csv) = outputs["local"], outputs["dask"]
+    table_a, table_b = (pd.read_csv(StringIO(t)).drop(columns="run_ids") for t in (local_csv, dask_csv))
+    pd.testing.assert_frame_equal(table_a, table_b, check_exact=True)  # run ids aside: every run has its own
+    assert len(table_a) == 2 and local["capacity"].keys() == dask["capacity"].keys()
+    for label in local["capacity"]:
+        a, b = ({k: v for k, v in r["capacity"][label].items() if k != "ramp_runs"} for r in (local, dask))
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
