@@ -37,7 +37,9 @@ from model.usl import usl_text
 
 from .answer import (
     CONFIDENCE_RULE,
+    HELD,
     METRIC_NAMES,
+    NOT_TESTED,
     CapacityRow,
     page_one,
     run_ids,
@@ -689,18 +691,19 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
         lines.append(f"USL cross-check {label}: {usl_text(u, tried)}")
     y = _text(fig, 0.93, lines, size=7.5)
     if not validation.empty:
-        v = validation[~validation["verdict"].isin(["n/a (saturated)"])]
-        v = v.assign(held_out=v["held_out"].astype(bool) if "held_out" in v else False)
+        v = validation.assign(held_out=validation["held_out"].astype(bool) if "held_out" in validation else False)
         rows = []
         for (label, metric, held_out), g in v.groupby(["label", "metric", "held_out"], sort=False):
             band = float(g["band_pct"].iloc[0]) if "band_pct" in g else math.nan
-            within = int(g["verdict"].isin(["within band", "within measurement noise"]).sum())
+            tested = g[~g["verdict"].isin(NOT_TESTED)]
+            within = int(tested["verdict"].isin(HELD).sum())
+            untested = len(g) - len(tested)
             rows.append(
                 [
                     str(label),
                     METRIC_NAMES.get(str(metric), str(metric)),
                     "held out" if held_out else "fitted on",
-                    f"{within} of {len(g)}",
+                    f"{within} of {len(tested)}" + (f" ({untested} not testable)" if untested else ""),
                     fmt(band, "{:.0f}"),
                     fmt(
                         float(np.nanmedian(np.abs(g["error_pct"]))) if g["error_pct"].notna().any() else None, "{:.2g}"
@@ -713,7 +716,9 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             y - 0.01,
             [
                 f"Each measured run ({measured_ids}) simulated by the model fitted on its first half: "
-                "steps 'fitted on' were seen by the fit, 'held out' were not."
+                "steps 'fitted on' were seen by the fit, 'held out' were not. 'Within band' counts a miss inside "
+                "the measurement's own noise as held; steps where a band does not apply (saturated, or an open-loop "
+                "throughput the generator sets) are not testable."
             ],
             size=7.5,
         )
