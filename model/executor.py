@@ -65,8 +65,8 @@ def check_address(text: str) -> str:
 
 
 class LocalExecutor:
-    """Today's behaviour: a process pool of ``workers`` processes (default: one per task, at most one
-    per core); one task, or one worker, runs in this process."""
+    """The default, as the model always ran: a process pool of ``workers`` processes (default: one per
+    task, at most one per core); one task, or one worker, runs in this process."""
 
     def __init__(self, workers: int | None = None, progress: Progress | None = None) -> None:
         self.workers = workers
@@ -105,16 +105,15 @@ class DaskExecutor:
     """Tasks on a ``distributed`` cluster. Use as a context manager (or call :meth:`close`): it opens one
     client to the scheduler at ``address`` and closes it after. The workers import this package, so they
     need the same caplab and dependencies installed, and they write run folders to the path the tasks
-    name, so that path must be the same shared storage on every worker and on this machine."""
+    name, so that path must be the same shared storage on every worker and on this machine. A task whose
+    worker dies is run again elsewhere by the scheduler; the lost attempt's folder stays, marked running."""
 
-    def __init__(
-        self, address: str, progress: Progress | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S
-    ) -> None:
+    def __init__(self, address: str, progress: Progress | None = None, connect_timeout_s: float | None = None) -> None:
         self.address = check_address(address)
         if self.address == LOCAL:
             raise ValueError(f"{LOCAL!r} is the local process pool; use LocalExecutor")
         self.progress = progress
-        self.connect_timeout_s = connect_timeout_s
+        self.connect_timeout_s = connect_timeout_s or CONNECT_TIMEOUT_S
         self._client: Any = None
 
     @property
@@ -128,7 +127,8 @@ class DaskExecutor:
 
     @property
     def dashboard(self) -> str | None:
-        """The scheduler's dashboard link, or None when the scheduler runs none (it needs bokeh)."""
+        """The scheduler's dashboard link, or None when it serves none (its live pages need bokeh>=3.1
+        installed where the scheduler runs; without it the link shows Dask's note saying so)."""
         info = self.client.scheduler_info()
         return str(self.client.dashboard_link) if "dashboard" in info.get("services", {}) else None
 
@@ -136,7 +136,7 @@ class DaskExecutor:
     def where(self) -> str:
         workers = len(self.client.scheduler_info().get("workers", {}))
         board = self.dashboard
-        shown = f"dashboard {board}" if board else "no dashboard: the scheduler runs without bokeh"
+        shown = f"dashboard {board}" if board else "the scheduler serves no dashboard"
         return f"the Dask cluster at {self.address} ({workers} worker{'s' * (workers != 1)}; {shown})"
 
     def map(self, fn: Callable[[T], R], tasks: Sequence[T]) -> list[R]:
