@@ -131,9 +131,10 @@ def _show_run(run_dir: Path) -> int:
 
 
 def _why_no_row(run: Run, exc: Exception) -> str:
+    from eventlog import steps
+
     planned = len((run.manifest.load or {}).get("steps") or [])
-    ev = run.events
-    found = int(((ev["kind"] == "sample") & (ev["name"] == "step")).sum())
+    found = len(steps(run))
     if planned and found != planned:
         return f"the log holds {found} of its {planned} step markers (sample rows 'step'); a skipped part held them"
     return f"{type(exc).__name__}: {one_line(exc)}"
@@ -184,7 +185,7 @@ def validated_scenario(path: str) -> Scenario:
 
 def _measured_run(path: str) -> Path:
     """A measured run whose log holds its load steps, or a one-line UsageError."""
-    from eventlog import ManifestError, read_manifest, read_run
+    from eventlog import ManifestError, read_manifest, read_run, steps
 
     try:
         source = read_manifest(path).source
@@ -194,8 +195,8 @@ def _measured_run(path: str) -> Path:
         raise UsageError(f"--reuse takes measured runs; {path} is {source}; nothing started")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a skipped part shows when the run is analysed
-        ev = read_run(path).events
-    if not ((ev["kind"] == "sample") & (ev["name"] == "step")).any():
+        marked = steps(read_run(path))  # scanned from the parts, in bounded memory
+    if marked.empty:
         raise UsageError(f"--reuse {path}: its event log holds no load steps (sample rows 'step'); nothing started")
     return Path(path)
 
