@@ -72,21 +72,26 @@ def _by_reason(counts: Mapping[str, int]) -> str:
 
 
 def format_connections(c: Mapping[str, Any]) -> list[str]:
-    """``connection_counts`` as summary lines, with a warning when connections were not accepted."""
+    """``connection_counts`` as summary lines, with a warning when connections were not accepted
+    (refused, failed, or still unanswered when the run ended)."""
+    unanswered = max(0, c["attempted"] - c["accepted"] - c["failed"])
     line = f"  {'connects':<16} {c['attempted']} attempted, {c['accepted']} accepted, {c['failed']} refused or failed"
     if c["failed_by"]:
         line += f" ({_by_reason(c['failed_by'])})"
+    if unanswered:
+        line += f", {unanswered} unanswered when the run ended"
     lines = [line]
     if c["server_refusals"]:
         lines.append(f"  {'server refusals':<16} {_by_reason(c['server_refusals'])}")
-    if c["failed"]:
-        why = _by_reason(c["server_refusals"] or c["failed_by"])
+    if c["failed"] or unanswered:
+        why = [_by_reason(c["server_refusals"] or c["failed_by"])] if c["failed"] else []
+        why += [f"{unanswered} unanswered"] if unanswered else []
         hint = ""
         if "limit_ip" in c["server_refusals"]:
             hint = "; more source addresses (--source-addrs) spread clients under the per-IP limit"
         lines.append(
-            f"  WARNING: {c['failed']} of {c['attempted']} connections were not accepted ({why}): "
-            f"the latency and steady error figures cover only the accepted ones{hint}"
+            f"  WARNING: {c['failed'] + unanswered} of {c['attempted']} connections were not accepted "
+            f"({'; '.join(why)}): the latency and steady error figures cover only the accepted ones{hint}"
         )
     return lines
 
