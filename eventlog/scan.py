@@ -249,9 +249,10 @@ class Quantiles:
         self.kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.kept_rows = 0
 
-    def count(self, g: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    def count(self, g: np.ndarray, bk: np.ndarray, w: np.ndarray) -> None:
+        """Count samples of groups ``g`` in their latency buckets ``bk`` (``bucket(x)``), weighted."""
         if g.size:
-            self.hist += np.bincount(g * NB + bucket(x), weights=w, minlength=self.groups * NB)
+            self.hist += np.bincount(g * NB + bk, weights=w, minlength=self.groups * NB)
 
     def total(self, g: int) -> float:
         return float(self.hist[g * NB : (g + 1) * NB].sum())
@@ -269,11 +270,12 @@ class Quantiles:
             self.want[(g, q)] = (b, k - below)
             self.mask[g * NB + b] = True
 
-    def keep(self, g: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+    def keep(self, g: np.ndarray, bk: np.ndarray, x: np.ndarray, w: np.ndarray) -> None:
+        """Keep the samples that fall in a wanted bucket of their group."""
         assert self.mask is not None
         if not g.size:
             return
-        cell = g * NB + bucket(x)
+        cell = g * NB + bk
         m = self.mask[cell]
         if m.any():
             self.kept.append(_compress(cell[m], x[m], w[m]))
@@ -354,28 +356,28 @@ def _digest(source: Source, windows: Sequence[tuple[float, float]], bucket_s: fl
     G_LAT, G_ACK, G_PUSH, G_SEND, G_ALL, G_SEC = 0, W, 2 * W, 3 * W, 4 * W, 4 * W + 1
     quantiles = Quantiles(4 * W + 1 + S)
 
-    def groups(b: Batch) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        lat, w = b.cols["latency_s"], b.weights()
+    def groups(b: Batch) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(group, row index) of each latency sample of the batch, one array pair per kind of group."""
+        lat = b.cols["latency_s"]
         ok = ~np.isnan(lat)
-        ap = ((b.kind == ACK) | (b.kind == PUSH)) & ok
-        if W and ap.any():
+        ap = np.flatnonzero(((b.kind == ACK) | (b.kind == PUSH)) & ok)
+        if W and ap.size:
             win = where(b.t[ap] - lat[ap])
             m = win >= 0
-            x, ww, kk, win = lat[ap][m], w[ap][m], b.kind[ap][m], win[m]
-            yield G_LAT + win, x, ww
-            a = kk == ACK
-            yield G_ACK + win[a], x[a], ww[a]
-            yield G_PUSH + win[~a], x[~a], ww[~a]
-        sd = (b.kind == SEND) & ok
-        if sd.any():
-            yield np.full(int(sd.sum()), G_ALL), lat[sd], w[sd]
+            rows, win = ap[m], win[m]
+            yield G_LAT + win, rows
+            a = b.kind[rows] == ACK
+            yield G_ACK + win[a], rows[a]
+            yield G_PUSH + win[~a], rows[~a]
+        sd = np.flatnonzero((b.kind == SEND) & ok)
+        if sd.size:
+            yield np.full(sd.size, G_ALL), sd
             if W:
                 win = where(b.t[sd])
                 m = win >= 0
-                yield G_SEND + win[m], lat[sd][m], w[sd][m]
-        if S and ap.any():
-            sec = np.floor(b.t[ap] / bucket_s).astype(np.int64) - b_min
-            yield G_SEC + sec, lat[ap], w[ap]
+                yield G_SEND + win[m], sd[m]
+        if S and ap.size:
+            yield G_SEC + np.floor(b.t[ap] / bucket_s).astype(np.int64) - b_min, ap
 
     window_counts = np.zeros((W, K))
     window_errors = np.zeros(W)
@@ -397,8 +399,10 @@ def _digest(source: Source, windows: Sequence[tuple[float, float]], bucket_s: fl
             sec = np.floor(b.t / bucket_s).astype(np.int64) - b_min
             per = np.bincount(sec[known] * K + b.kind[known], weights=w[known], minlength=S * K)
             second_counts += per.reshape(S, K)
-        for g, x, ww in groups(b):
-            quantiles.count(g, x, ww)
+        bk, lat = None, b.cols["latency_s"]
+        for g, rows in groups(b):
+            bk = bucket(lat) if bk is None else bk
+            quantiles.count(g, bk[rows], w[rows])
 
     requests = [(G_ALL, 99.0)]
     for i in range(W):
@@ -408,8 +412,10 @@ def _digest(source: Source, windows: Sequence[tuple[float, float]], bucket_s: fl
     quantiles.wanted(requests)
     if quantiles.want:
         for b in batches(source, ("latency_s", "value")):
-            for g, x, ww in groups(b):
-                quantiles.keep(g, x, ww)
+            bk, lat, w = None, b.cols["latency_s"], b.weights()
+            for g, rows in groups(b):
+                bk = bucket(lat) if bk is None else bk
+                quantiles.keep(g, bk[rows], lat[rows], w[rows])
     values = quantiles.values()
     pct: dict[tuple[str, int, float], float] = {}
     for name, base, n in (("lat", G_LAT, W), ("ack", G_ACK, W), ("push", G_PUSH, W), ("send", G_SEND, W)):
