@@ -35,7 +35,9 @@ out = {{}}
 """
 EPILOGUE = """
 out["seconds"] = round(time.perf_counter() - started, 1)
-out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+usage = resource.getrusage(resource.RUSAGE_SELF)
+out["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 1)  # what an idle machine would take, about
+out["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
 print("FIGURE " + json.dumps(out))
 """
 
