@@ -45,7 +45,11 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "name": (pa.dictionary(pa.int32(), pa.string()), "event name, or metric name for 'sample' rows"),
     "latency_s": (pa.float64(), "ack/push/recovered: from the intended send time; send: send lag; NaN elsewhere"),
     "bytes": (pa.int32(), "payload size"),
-    "value": (pa.float64(), "sample value; NaN elsewhere"),
+    "value": (
+        pa.float64(),
+        "sample value; on an event row of an aggregated model log (simulate.log), how many events it stands for; "
+        "NaN elsewhere",
+    ),
 }
 SCHEMA = pa.schema(
     [pa.field(name, typ) for name, (typ, _) in COLUMNS.items()],
