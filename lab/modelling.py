@@ -308,8 +308,9 @@ def run_sweep(
         rows.append(row)
     # every point's replications at once (a cluster runs them side by side); each returns its row
     simulated = replicate_points(points, runs_root, sim.replications, sim.seed, slo=sc.slo)
-    for (row, setting, nodes), (_dirs, done) in zip(pending, simulated, strict=True):
+    for (row, setting, nodes), (dirs, done) in zip(pending, simulated, strict=True):
         reps: list[Mapping[str, Any]] = list(done)
+        row["run_ids"] = [Path(d).name for d in dirs]  # the report names the runs behind each point
         for m in ("p95_ms", "error_rate_pct", "mean_cpu_pct", "throughput_eps"):
             row[m], row[m + "_ci"] = confidence([r[m] for r in reps])
         row["meets_slo"] = bool(row["p95_ms"] <= sc.slo.p95_ms and row["error_rate_pct"] <= sc.slo.error_rate_pct)
@@ -329,7 +330,8 @@ def run_sweep(
             "with_n_plus_1": fewest + SPARE_NODES if fewest else None,
             "node_limit": node_limit(cal),
             "changed_settings": [k for k in keys if k in CHANGED_SETTINGS],
-        }
+        },
+        "simulated": [r for row in rows for r in row.get("run_ids", [])],
     }
 
 

@@ -38,6 +38,7 @@ def _run(sc: Scenario, runs_root: Path, reports_root: Path, quiet: bool, reuse: 
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {
         "scenario": sc.name,
+        "question": sc.question,  # the report's page 1 asks it, also when no run was measured
         "started_at": datetime.now(UTC).isoformat(),
         "measured": [],
         "simulated": [],

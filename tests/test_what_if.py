@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def test_sweep_skips_node_counts_over_the_limit_and_agrees_with_the_capacity_ans
     assert not rows.loc[3, "over_node_limit"] and rows.loc[3, "meets_slo"], rows
     sweep = json.loads((out / "model.json").read_text())["sweep"]
     assert sweep["node_limit"] == 2000
+    record = json.loads((out / "runs.json").read_text())
+    assert record["question"].startswith("how many optimized nodes")
+    # every simulated point names its runs, and the record lists them
+    ran = rows[~rows["over_node_limit"].astype(bool)]
+    ids = [i for cell in ran["run_ids"] for i in ast.literal_eval(cell)]  # pandas wrote the list as text
+    assert ids and sorted(ids) == sorted(record["simulated"])
+    assert all((tmp_path / "runs" / i / "manifest.json").exists() for i in ids)
     # the same answer eventlog.capacity gives a node limited by its 2000 connections
     assert sweep["with_n_plus_1"] == NodeCapacity((10_000,), node_limit=2000).nodes(5000) == 4
 
