@@ -285,7 +285,7 @@ def run_sweep(
             c = c.model_copy(update={"max_connections": int(setting["max_connections"]), "conn_limits": True})
         n = int(setting.get("connections", sweep.target_connections))
         rate = float(setting.get("events_per_connection", wl.base_rate))
-        row = {**setting, "connections": n, "nodes": nodes}
+        row: dict[str, Any] = {**setting, "connections": n, "nodes": nodes}
         limit = node_limit(c)
         if limit is not None and n > limit * nodes:
             # the model would refuse them too; a node never counts for more than its SOCKET_MAX_CONNECTIONS
