@@ -159,12 +159,13 @@ def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
         except np.linalg.LinAlgError:
             pass
     if cond > ILL_CONDITIONED:
-        corr = np.corrcoef(X[:, 1:], rowvar=False) if len(names) > 1 else np.ones((1, 1))
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant column has no correlation (NaN)
+            corr = np.atleast_2d(np.corrcoef(X[:, 1:], rowvar=False)) if len(names) > 1 else np.ones((1, 1))
         pairs = [
             f"{names[i]}~{names[j]} {corr[i, j]:.2f}"
             for i in range(len(names))
             for j in range(i + 1, len(names))
-            if abs(corr[i, j]) > 0.9
+            if np.isfinite(corr[i, j]) and abs(corr[i, j]) > 0.9
         ]
         warnings.append(
             f"ill-conditioned CPU fit: condition number {cond:.0f} > {ILL_CONDITIONED:.0f}"
@@ -253,9 +254,12 @@ def base_latency(df: pd.DataFrame, cpu_per_event: float) -> float:
     acks = df[df["kind"] == "ack"]
     if acks.empty:
         return 0.0
-    if len(st):
-        sent = acks["t"] - acks["latency_s"]
-        acks = acks[(sent >= st["window_start"].iloc[0]) & (sent < st["end"].iloc[0])]
+    sent = acks["t"] - acks["latency_s"]
+    for row in st.itertuples():  # the first step with acks (a design may start with an idle step)
+        window = acks[(sent >= row.window_start) & (sent < row.end)]
+        if len(window):
+            acks = window
+            break
     return float(max(0.0, acks["latency_s"].median() - cpu_per_event))
 
 

@@ -274,8 +274,12 @@ class Simulation:
         # the server's room emit without batching: stock python-socketio awaits one task per recipient
         # inside the handler (its ack waits for the writes); the fast fan-out (also used by recovery)
         # only enqueues, and each socket's writer runs later as a job of its own
-        self.fast = bool(cal.toggles.get("fast_fanout") or cal.toggles.get("recovery"))
-        self.per_recipient = cal.cpu_per_delivery_s + (0.0 if cal.batching else cal.cpu_per_packet_s)
+        self.fast = bool(cal.toggles.get("fast_fanout") or cal.toggles.get("recovery") or cal.batching)
+        # batch_flush_soon (issue 12): a batch leaves at the end of the loop turn that queued it, so at the
+        # rates the model serves each room event goes out at once, a packet per recipient, as without batching
+        # (merging while a client is still writing is not modelled); only window batching waits for the tick
+        self.batched = cal.batching and not cal.toggles.get("batch_flush_soon")
+        self.per_recipient = cal.cpu_per_delivery_s + (0.0 if self.batched else cal.cpu_per_packet_s)
         # with recovery on Redis every room emit is sequenced: its own node delivers it, like the others,
         # only when the channel brings it back (a receive there too), not from the handler
         self.sequenced = nodes > 1 and bool(cal.toggles.get("recovery"))
@@ -522,7 +526,7 @@ class Simulation:
                 jobs_s.append(pauses)
                 jobs_k.append(np.full(n_gc, JOB_GC))
                 jobs_i.append(np.full(n_gc, -1))
-        flush = self.flush_job(n) if cal.batching else None
+        flush = self.flush_job(n) if self.batched else None
         if flush is not None:  # batch flush at the tick
             jobs_t.append(np.array([t0]))
             jobs_s.append(np.array([flush[0]]))
@@ -561,7 +565,7 @@ class Simulation:
         # the fast fan-out's writes: one job per room emit, served when the loop reaches it
         follow = np.full(t_all.size, -1.0)  # no writes
         spawn: dict[int, tuple[np.ndarray, float]] = {}
-        if self.fast and not cal.batching:
+        if self.fast and not self.batched:
             by_company: dict[int, np.ndarray] = {}
             handled_here = (k_all == EV_CHAT) & (not self.sequenced)
             for j in np.flatnonzero(handled_here | (k_all == JOB_REMOTE)):
@@ -643,7 +647,7 @@ class Simulation:
             company = self.company[conn[j]]
             members = self.members(n, company)
             self.events_out += members.size
-            if cal.batching:
+            if self.batched:
                 self.nodes[n].pending.setdefault(company, []).append(np.array([t[j], d[j]]))
                 continue
             self.packets_out += members.size
@@ -770,7 +774,7 @@ class Simulation:
             _t, _svc, sent, company = remote[i_all[j]]
             members = self.members(n, int(company))
             self.events_out += members.size
-            if cal.batching:
+            if self.batched:
                 self.nodes[n].pending.setdefault(int(company), []).append(np.array([sent, done[j]]))
                 continue
             self.packets_out += members.size

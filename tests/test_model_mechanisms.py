@@ -275,3 +275,52 @@ def test_steps_with_their_own_chat_share_and_churn():
     assert (name[later] == NAME["chat"]).mean() == pytest.approx(0.5, abs=0.05)
     closes = t[(kind == K["disconnect"]) & (t < wl.duration_s)]
     assert closes.size >= 20 and (closes >= second).all()
+
+
+def test_batches_flushed_soon_go_out_after_the_handler_not_at_the_tick(tmp_path):
+    """batch_flush_soon (issue 12): a batch leaves at the end of the loop turn that queued it; the model
+    writes each room event's packets right after its handler instead of waiting for the window."""
+    e, d, p = 1e-4, 1e-5, 5e-5
+    soon = Calibration(
+        cpu_per_event_s=e,
+        cpu_per_delivery_s=d,
+        cpu_per_packet_s=p,
+        batching=True,
+        toggles={"batching": True, "batch_flush_soon": True},
+        **QUIET,
+    )
+    sim = Simulation(soon, chat_load(), seed=2)
+    sim.run()
+    assert total_work(sim) == pytest.approx(sim.events_in * (e + 20 * (d + p)), rel=1e-9)
+    pushes = read_run(simulate(soon, chat_load(), tmp_path, seed=2)).events
+    lat = pushes[pushes["kind"] == "push"]["latency_s"]
+    assert lat.max() < 0.01  # windowed batching: up to the 100 ms window
+    window = soon.model_copy(update={"toggles": {"batching": True}})
+    lat_w = read_run(simulate(window, chat_load(), tmp_path, seed=2)).events
+    assert lat_w[lat_w["kind"] == "push"]["latency_s"].median() > 0.03
+
+
+def test_base_latency_comes_from_the_first_step_with_acks(tmp_path):
+    """A calibration design that starts with an idle step still fits the latency outside the loop."""
+    from eventlog.manifest import ServerRecord
+    from model.calibrate import calibrate
+
+    truth = Calibration(cpu_per_event_s=2e-4, base_latency_s=0.002, heartbeat_s=1e9, service_cv=0.0)
+    wl = Workload(
+        steps=[{"connections": 10, "hold_s": 5, "events_per_second": 0}, {"connections": 10, "hold_s": 5}],
+        events_per_second=50,
+        mix={"echo": 1.0},
+        connect_rate=1000,
+    )
+    run = read_run(simulate(truth, wl, tmp_path, seed=1))
+    run.manifest.server = ServerRecord(
+        settings={
+            "flush_interval_ms": 100.0,
+            "batch_size": 50,
+            "heartbeat_s": 25.0,
+            "ping_timeout_s": 20.0,
+            "max_connections": 2000,
+            "max_per_company": 500,
+        }
+    )
+    assert calibrate([run]).base_latency_s == pytest.approx(0.002, abs=2e-4)
