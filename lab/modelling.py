@@ -191,6 +191,10 @@ def calibrate_measured(
             continue
         path = cal.save(out_dir / f"calibration-{label}.json")
         record["calibrations"][label] = str(path)
+        if warnings := cal.fit_warnings():  # an ill-conditioned or loose fit is said where its answer is used
+            record.setdefault("fit_warnings", {})[label] = warnings
+            for w in warnings:
+                log(f"  fit warning ({label}): {w}")
         models[label] = (cal, Workload.from_manifest(run.manifest))
         st = step_table(run.events, sc.slo)
         try:

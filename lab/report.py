@@ -686,6 +686,7 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             f"CPU fit R2 {fmt(cal.fit.get('cpu', {}).get('r2'), '{:.2f}')}; runs {', '.join(cal.source_runs)}"
         )
         lines += [f"    assumption: {a}" for a in cal.assumptions]
+        lines += [f"    fit warning: {w}" for w in cal.fit_warnings()]
     for label, u in (model.get("usl") or {}).items():
         tried = float(summary[label].steps["target"].max()) if label in summary and len(summary[label].steps) else None
         lines.append(f"USL cross-check {label}: {usl_text(u, tried)}")

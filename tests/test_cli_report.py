@@ -89,6 +89,11 @@ def test_run_writes_tables_calibrations_and_capacity(tiny_outputs):
         assert (out / name).exists(), name
     model = json.loads((out / "model.json").read_text())
     assert set(model["capacity"]) == {"baseline", "optimized"}
+    # what each fit says about itself (ill-conditioned design, loose costs) travels with its answer
+    from model.parameters import Calibration
+
+    said = {label: Calibration.load(out / f"calibration-{label}.json").fit_warnings() for label in model["capacity"]}
+    assert model.get("fit_warnings", {}) == {label: w for label, w in said.items() if w}
     for cap in model["capacity"].values():
         # the node capacity is what held in every simulated ramp, not one lucky ramp
         each = cap["connections_per_node_each_replication"]
