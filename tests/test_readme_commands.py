@@ -98,6 +98,11 @@ KNOWN: dict[str, Known] = {
     ".venv/bin/python -m server users --db lab.db --companies 1 --users 2 '>' users.jsonl": Known("server"),
     ".venv/bin/python -m server --profile optimized --port 8000 --db lab.db": Known("server"),
     ".venv/bin/python chat_client.py": Known("client"),
+    # parse-level only: a production Prometheus; tests/test_calibrate_prometheus.py runs it on a real one
+    "caplab calibrate --prometheus http://prometheus:9090 --selector '{job=\"socketio\"}' --seconds 3600 --step 15 "
+    "--profile optimized --out cal.json": Known("caplab"),
+    # parse-level only: a run of the reader's; tests/test_model_replay.py replays the reference runs
+    "caplab simulate --calibration cal.json --replay runs/RUN_ID --out runs": Known("caplab"),
 }
 
 SEPARATORS = (";", "&&", "||", "|", "&")
