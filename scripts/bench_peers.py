@@ -183,7 +183,7 @@ def measure(kind: str, point: str, args: argparse.Namespace, work: Path, users: 
                 steps=steps,
                 events_per_second=args.echo_rates[0],
                 mix={"echo": 1.0},
-                connect_rate=2000,
+                connect_rate=args.ramp_connect_rate,
                 source_addrs=source_addrs(conns),
                 drain_s=0.2,
             )
@@ -197,7 +197,7 @@ def measure(kind: str, point: str, args: argparse.Namespace, work: Path, users: 
                 ],
                 events_per_second=args.chats_per_s,
                 mix={"chat": 1.0},
-                connect_rate=2000,
+                connect_rate=args.ramp_connect_rate,
                 companies=1,
                 source_addrs=source_addrs(conns),
                 drain_s=0.5,
@@ -364,9 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chats-per-s", type=float, default=5.0)
     p.add_argument("--fanout-hold-s", type=float, default=10.0)
     p.add_argument("--idle-connections", type=int, default=10_000)
-    p.add_argument("--idle-hold-s", type=float, default=5.0)
+    p.add_argument("--idle-hold-s", type=float, default=8.0)
     p.add_argument("--settle-s", type=float, default=3.0, help="idle hold after the connects, before events")
-    p.add_argument("--offered-connect-rate", type=float, default=5000.0)
+    p.add_argument("--offered-connect-rate", type=float, default=3000.0, help="idle point: offered connects/s")
+    p.add_argument("--ramp-connect-rate", type=float, default=500.0, help="echo and fan-out points: connects/s")
     p.add_argument("--points", default="echo,fanout,idle")
     p.add_argument("--batching-off", action="store_true", help="fan-out point: optimized with batching=off")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run of the whole benchmark)")
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         for x in summary[kind].get("echo_steps", []):
             flag = "" if x["gen_ok"] else " (generator behind)"
             print(
-                f"echo {kind:9s} offered {x['offered']:>7,.0f}/s acked {x['acked_per_s']:>7,.0f}/s "
+                f"echo {kind:9s} {x['reached']:>5} conns offered {x['offered']:>7,.0f}/s acked {x['acked_per_s']:>7,.0f}/s "
                 f"p95 {x['p95_ms']:7.1f} ms CPU {x['cpu_pct']:5.1f} % {x['cpu_us_per_event']:6.1f} us/event{flag}"
             )
     for kind in kinds:
