@@ -415,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         for x in summary[kind].get("echo_steps", []):
             flag = "" if x["gen_ok"] else " (generator behind)"
             print(
-                f"echo {kind:9s} {x['reached']:>5} conns offered {x['offered']:>7,.0f}/s acked {x['acked_per_s']:>7,.0f}/s "
+                f"echo {kind:9s} {x['reached']:>5} conns offered {x['offered']:>7,.0f}/s "
+                f"acked {x['acked_per_s']:>7,.0f}/s "
                 f"p95 {x['p95_ms']:7.1f} ms CPU {x['cpu_pct']:5.1f} % {x['cpu_us_per_event']:6.1f} us/event{flag}"
             )
     for kind in kinds:
