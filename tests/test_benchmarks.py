@@ -93,6 +93,9 @@ def test_model_speed(tmp_path, conns, seconds, limit_s):
     assert took < limit_s
 
 
+MAX_RUNQUEUE_WAIT = 0.25  # s waited for a CPU per CPU s run, above which the machine, not the generator, is measured
+
+
 def sched_ns(pid: int) -> tuple[int, int]:
     """Nanoseconds a process has run on a CPU and waited on a run queue for one, summed over its
     threads (Linux schedstat)."""
@@ -126,9 +129,13 @@ def test_generator_ceiling(tmp_path, conns, eps):
     outright). A generator that falls behind (CPU-bound, its sends queue) lags by tens to hundreds of
     ms while the probe stays at the machine's noise: that still fails.
 
-    When the machine cannot give the generator the CPU it needs (it waited on the run queue longer
-    than it ran: other processes on both cores), nothing here measures the generator: the test says
-    so and skips, with the figures, instead of failing on the machine's account.
+    When the machine cannot give the generator the CPU it needs, nothing here measures the generator:
+    the test says so and skips, with the figures, instead of failing on the machine's account. The
+    measure is the generator's own run-queue wait (/proc schedstat) per CPU second it ran, over the
+    window: near 0 on a quiet machine; at 0.71 (load average 3.3 on 2 cores) it needed 57 % of a
+    core, acked 4854 of 5000/s and its send-lag p99 was 192 ms while an idle loop woke within 4 ms
+    (CFS favours a sleeper; a process that needs the CPU queues), so above 0.25 the figure is the
+    machine's.
 
     The generator runs as `caplab load` in its own process, as users run it: inside the test process
     it would share a heap (and collector pauses) with whatever ran before."""
@@ -207,7 +214,7 @@ def test_generator_ceiling(tmp_path, conns, eps):
         peak_rss_mb=round(peak / 1e6),
         errors_pct=row["error_rate_pct"],
     )
-    if waited >= 1.0:
+    if waited >= MAX_RUNQUEUE_WAIT:
         pytest.skip(
             f"the machine is too busy to judge the generator: it waited {waited:.1f} s for a CPU per CPU second "
             f"it ran (load average {os.getloadavg()[0]:.1f}); its send-lag p99 {send_lag_steady_ms:.0f} ms and "
