@@ -33,7 +33,7 @@ CAPACITY_METRICS = (
 
 def fit_window(run: Run) -> tuple[float, list[int]]:
     """Fit on the first half of the steps (at least one); the rest are held out for validation."""
-    st = steps(run.events)
+    st = steps(run)
     k = max(1, len(st) // 2)
     return float(st["end"].iloc[k - 1]), list(range(k))
 
@@ -76,7 +76,7 @@ def capacity_rows(
             workload_at(wl, n, sim.duration_s, rate),
             nodes,
             f"{sc.name}-{label}-{n}",
-            {"label": f"{label}@{n}", "slo": sc.slo.model_dump()},
+            {"label": f"{label}@{n}", "slo": sc.slo.model_dump(), "log": sim.log},
         )
         for n, nodes in plan
     ]
@@ -136,7 +136,7 @@ def node_capacity(
                 ramp,
                 1,
                 f"{sc.name}-{label}-ramp",
-                {"label": f"{label}-ramp"},
+                {"label": f"{label}-ramp", "log": sim.log},
             )
         ],
         runs_root,
@@ -196,7 +196,7 @@ def calibrate_measured(
             for w in warnings:
                 log(f"  fit warning ({label}): {w}")
         models[label] = (cal, Workload.from_manifest(run.manifest))
-        st = step_table(run.events, sc.slo)
+        st = step_table(run, sc.slo)
         try:
             record.setdefault("usl", {})[label] = fit_usl(st["target"].to_numpy(), st["throughput_eps"].to_numpy())
         except (ValueError, RuntimeError) as exc:
@@ -305,7 +305,7 @@ def run_sweep(
                 w,
                 nodes,
                 f"{sc.name}-sweep",
-                {"label": setting_text(setting)},
+                {"label": setting_text(setting), "log": sim.log},
             )
         )
         pending.append((row, setting, nodes))

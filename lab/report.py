@@ -478,12 +478,12 @@ def resources_page(pdf: PdfPages, summary: Summary, colors: Mapping[str, str]) -
     axes = [fig.add_axes((0.1, y, 0.82, 0.23)) for y in (0.64, 0.37, 0.1)]
     for label, s in summary.items():
         run: Run = s.run
-        ts = timeseries(run.events)
+        ts = timeseries(run)
         c = colors.get(label)
         for ax, col in zip(axes, ("cpu_pct", "rss_mb", "loop_lag_ms"), strict=True):
             if col in ts:
                 ax.plot(ts.index, ts[col], color=c, label=f"{label} [{short_id(run.run_id)}]", lw=1)
-        marks = steps(run.events)  # the log's own clock, as the series
+        marks = steps(run)  # the log's own clock, as the series
         for ax in axes:
             for t in marks["start"]:
                 ax.axvline(t, color=c, ls=":", lw=0.9)

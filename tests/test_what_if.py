@@ -62,3 +62,12 @@ def test_raising_the_limit_is_a_changed_setting(tmp_path):
     rows = pd.read_csv(out / "sweep.csv")
     assert not rows["over_node_limit"].iloc[0]  # 2500 per node is within the raised limit
     assert json.loads((out / "model.json").read_text())["sweep"]["changed_settings"] == ["max_connections"]
+
+
+def test_scenario_log_mode_reaches_every_simulation(tmp_path):
+    text = SWEEP.replace("replications: 1, seed: 1}", "replications: 1, seed: 1, log: histograms}")
+    text = text.replace("grid: {nodes: [2, 3, 4]}", "grid: {nodes: [3]}")
+    out = run_scenario(parse_scenario(text, "<tiny>"), tmp_path / "runs", tmp_path / "reports", quiet=True)
+    (run_id,) = json.loads((out / "runs.json").read_text())["simulated"]
+    manifest = json.loads((tmp_path / "runs" / run_id / "manifest.json").read_text())
+    assert manifest["log"] == "histograms"
