@@ -103,6 +103,17 @@ KNOWN: dict[str, Known] = {
     "--profile optimized --out cal.json": Known("caplab"),
     # parse-level only: a run of the reader's; tests/test_model_replay.py replays the reference runs
     "caplab simulate --calibration cal.json --replay runs/RUN_ID --out runs": Known("caplab"),
+    # parse-level only: a real cluster and shared storage; tests/test_executor.py runs both on a LocalCluster
+    "caplab run scenarios/what-if.yaml --cluster tcp://scheduler.example:8786 --runs /shared/caplab/runs": Known(
+        "caplab"
+    ),
+    "caplab simulate --calibration cal.json --connections 10000 --events-per-connection 0.5 --duration 600 "
+    "--replications 8 --cluster tcp://scheduler.example:8786 --out /shared/caplab/runs": Known("caplab"),
+    "dask scheduler --host 127.0.0.1 --port 8786": Known("external", why="Dask's own CLI: tests/test_executor.py"),
+    "dask worker tcp://127.0.0.1:8786 --nworkers 2 --nthreads 1": Known(
+        "external", why="Dask's own CLI: tests/test_executor.py"
+    ),
+    "caplab run scenarios/what-if.yaml --cluster tcp://127.0.0.1:8786": Known("caplab"),
 }
 
 SEPARATORS = (";", "&&", "||", "|", "&")
