@@ -145,5 +145,5 @@ def _sorted_frame(table: pa.Table) -> pd.DataFrame:
 def read_run(run_dir: Path | str) -> Run:
     """A run, whatever its status (running, complete or aborted): its manifest and readable parts,
     the events read when first asked for (``Run.events``)."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # the rows are read later, maybe from another working folder
     return Run(run_dir, read_manifest(run_dir))

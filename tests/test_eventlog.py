@@ -59,6 +59,18 @@ def test_round_trip(tmp_path):
     assert len(list((run_dir / "events").glob("part-*.parquet"))) == 2
 
 
+def test_a_run_read_by_a_relative_path_keeps_its_rows_after_the_folder_changes(tmp_path, monkeypatch):
+    # the rows are read lazily: a notebook that opened runs/ID in one folder reads them from another
+    run_dir, manifest = create_run(tmp_path, "measured", "rel")
+    with EventWriter(run_dir, "w0", t0=manifest.monotonic_t0) as w:
+        w.row("send", 0.5, conn=1, name="echo", latency_s=0.0001, nbytes=20)
+    finish_run(run_dir)
+    monkeypatch.chdir(tmp_path)
+    run = read_run(run_dir.relative_to(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)
+    assert list(run.events["kind"]) == ["send"]
+
+
 def test_killed_writer_keeps_every_complete_part(tmp_path):
     run_dir, _manifest = create_run(tmp_path, "measured", "crash")
     code = textwrap.dedent(f"""
