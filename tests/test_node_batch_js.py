@@ -37,7 +37,10 @@ def sent_payloads() -> list[dict]:
 )
 async def test_batch_js_hands_each_event_to_socket_on_in_order(start_server, profile, inflate):
     node_or_skip()
-    server, users = start_server(profile, companies=1, users=2, sets={"flush_interval_ms": 100}, env={"REDIS_URL": ""})
+    # the window's merging: with batch_flush_soon an idle client's batch leaves at once, one entry each
+    server, users = start_server(
+        profile, companies=1, users=2, sets={"flush_interval_ms": 100, "batch_flush_soon": "off"}, env={"REDIS_URL": ""}
+    )
     listener = await NodeClient.start(
         server.url, users[0]["token"], script=SCRIPT, args=["--on=chat", f"--inflate={inflate}"], label="unwrap"
     )
