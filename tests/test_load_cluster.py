@@ -179,7 +179,6 @@ def test_two_workers_share_the_load_and_match_the_server(cluster, server, tmp_pa
     assert final["connects"] == 100
     checks = {c["check"]: c for c in self_checks(df, m)}
     assert checks["generator clocks aligned (offset uncertainty <= 1 ms)"]["ok"]
-    assert checks["sends recorded = events counted by the server"]["ok"]
     # the steps line up: both generators' rows fall in the windows gen0 marked
     st = steps(df)
     assert list(st["target"]) == [40, 100]
