@@ -114,6 +114,14 @@ KNOWN: dict[str, Known] = {
         "external", why="Dask's own CLI: tests/test_executor.py"
     ),
     "caplab run scenarios/what-if.yaml --cluster tcp://127.0.0.1:8786": Known("caplab"),
+    # parse-level only: generator hosts of a real cluster; tests/test_load_cluster.py runs them on a LocalCluster
+    "dask scheduler --port 8786": Known("external", why="Dask's own CLI: tests/test_load_cluster.py"),
+    "dask worker tcp://SCHEDULER:8786 --nworkers 1 --nthreads 1": Known(
+        "external", why="Dask's own CLI: tests/test_load_cluster.py"
+    ),
+    "caplab load --url http://127.0.0.1:PORT --tokens users.jsonl --connections 20000 --events-per-second 5000 "
+    "--duration 300 --cluster tcp://SCHEDULER:8786": Known("caplab"),
+    "caplab run scenarios/before-after.yaml --cluster tcp://SCHEDULER:8786 --load-on-cluster": Known("caplab"),
 }
 
 SEPARATORS = (";", "&&", "||", "|", "&")
