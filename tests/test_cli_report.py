@@ -434,3 +434,17 @@ def test_confidence_grades_follow_the_held_out_bands_and_the_envelope():
         "35 500 ± 3 500",
         "102 ± 0",
     ]
+
+
+def test_latency_page_says_how_each_batching_profile_batches(tmp_path):
+    """The reference optimized server batches with batch_flush_soon: its p95 does not sit near the window,
+    and the latency page must not say it does."""
+    from lab.report import build_report
+
+    ref = tmp_path / "reference"
+    shutil.copytree(Path(__file__).parent.parent / "notebooks" / "data" / "reference", ref)
+    toggles = read_run(next((ref / "runs").glob("*optimized*"))).manifest.server.toggles
+    assert toggles["batching"] and toggles["batch_flush_soon"]
+    text = " ".join(p.extract_text() for p in PdfReader(build_report(ref)).pages).replace("\n", " ")
+    assert "Batching with batch_flush_soon: optimized (100 ms)" in text
+    assert "so their p95 sits near the window" not in text
