@@ -28,14 +28,13 @@ from loadgen import LoadSpec
 from model import Workload
 from model.calibrate import calibrate
 
-# a measured run of 2026-11-27, kept as it was written (manifest version 1) when the reference dataset
-# the notebooks read was remade with the current contract
-REFERENCE_RUNS = sorted((Path(__file__).resolve().parent / "data" / "v1-runs").glob("*/manifest.json"))
+REFERENCE = Path(__file__).resolve().parent.parent / "notebooks" / "data" / "reference"
+REFERENCE_RUNS = sorted((REFERENCE / "runs").glob("*/manifest.json"))
 STEPS = [{"connections": 10, "hold_s": 1}]
 
 
 def test_the_committed_version_1_manifests_are_read_with_their_load_and_slo():
-    assert REFERENCE_RUNS, "tests/data/v1-runs holds a version 1 measured run"
+    assert REFERENCE_RUNS, "the reference dataset holds measured runs"
     for path in REFERENCE_RUNS:
         raw = json.loads(path.read_text())
         assert "manifest_version" not in raw  # written before the contract was typed
