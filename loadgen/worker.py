@@ -8,6 +8,7 @@ it, so a stalled server cannot hide behind a slowed-down client (no coordinated 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import os
 import random
@@ -40,6 +41,17 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def _mix_table(mix: Mapping[str, float]) -> list[tuple[float, str]]:
+    """Cumulative (edge, name) pairs of a mix, for one uniform draw per send."""
+    total = sum(mix.values())
+    acc, table = 0.0, []
+    for name, w in mix.items():
+        if w > 0:
+            acc += w / total
+            table.append((acc, name))
+    return table
 
 
 class VConn:
@@ -97,7 +109,10 @@ class Worker:
         }
         self.heap: list[tuple[float, int, int]] = []  # (intended time, connection id, its epoch)
         self.rate = spec.base_rate
-        self.set_mix(spec.step_mix(0))  # drive() sets each step's
+        # each step's mix, by its start: a send takes the mix of the step its intended time is in,
+        # not the one current when the sender gets to it (a late send at a step edge would cross it)
+        self.step_starts = [start for start, _hold, _target in spec.schedule()]
+        self.mixes = [_mix_table(spec.step_mix(i)) for i in range(len(spec.steps))]
         self.churn_rate = spec.step_churn(0)
         self.pad = "x" * spec.payload_bytes
         self.recover = spec.recover  # read per delivery: a plain attribute
@@ -137,20 +152,14 @@ class Worker:
         self.heap[:] = [(self.first_send(now), cid, ep) for _, cid, ep in self.heap]  # in place: sender holds it
         heapq.heapify(self.heap)
 
-    def set_mix(self, mix: Mapping[str, float]) -> None:
-        total = sum(mix.values())
-        acc, self.mix = 0.0, []
-        for name, w in mix.items():
-            if w > 0:
-                acc += w / total
-                self.mix.append((acc, name))
-
-    def pick(self) -> str:
+    def pick(self, t_int: float) -> str:
+        """The event name of a send intended at ``t_int``, drawn from its step's mix."""
+        mix = self.mixes[max(bisect.bisect_right(self.step_starts, t_int) - 1, 0)]
         r = self.rng.random()
-        for edge, name in self.mix:
+        for edge, name in mix:
             if r < edge:
                 return name
-        return self.mix[-1][1]
+        return mix[-1][1]
 
     # -- connections --------------------------------------------------------------------------
     async def open(self, vc: VConn, t_int: float) -> None:
@@ -325,7 +334,7 @@ class Worker:
                 vc = vconns[cid]
                 if not vc.up or epoch != vc.epoch:
                     continue  # dropped, or an older connection's schedule; a reconnect schedules anew
-                name = self.pick()
+                name = self.pick(t_int)
                 payload = {"t": t_int, "p": self.pad}
                 if name == "chat" and self.spec.chat_to == "room":
                     payload["room"] = vc.room
@@ -403,7 +412,6 @@ class Worker:
         per_worker_rate = spec.connect_rate / spec.workers
         for i, (start, hold, target) in enumerate(spec.schedule()):
             await self.sleep_until(start)
-            self.set_mix(spec.step_mix(i))
             self.churn_rate = spec.step_churn(i)
             rate = spec.step_rate(i)
             if rate != self.rate:

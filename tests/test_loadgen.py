@@ -193,3 +193,24 @@ def test_each_step_sends_its_own_chat_share_and_churns_at_its_own_rate(server, t
     assert (later["name"] == "chat").mean() == pytest.approx(0.5, abs=0.12)
     closes = df[(df["kind"] == "disconnect") & (df["t"] < df[df["name"] == "end"]["t"].min())]
     assert len(closes) >= 5 and (closes["t"] >= second).all()  # churn in the second step only
+
+
+def test_a_late_send_takes_the_mix_of_the_step_it_was_intended_in(tmp_path):
+    """The sender can reach a send after its step has ended (the open loop is behind by a tick):
+    its event name must still come from the step its intended time is in. (It used to come from
+    the mix current at dispatch, so a chat crossed back into a step with no chat: a CI failure.)"""
+    from loadgen.worker import Worker
+
+    spec = spec_for(
+        "http://127.0.0.1:1",
+        steps=[
+            {"connections": 20, "hold_s": 3, "chat_share": 0.0},
+            {"connections": 20, "hold_s": 3, "chat_share": 1.0},
+        ],
+    )
+    worker = Worker(spec, tmp_path / "run", 0.0, 0, ["token"])
+    second = spec.schedule()[1][0]
+    assert {worker.pick(second - 1e-6) for _ in range(200)} == {"echo"}
+    assert {worker.pick(second) for _ in range(200)} == {"chat"}
+    assert {worker.pick(0.0) for _ in range(200)} == {"echo"}
+    worker.writer.close()
