@@ -71,3 +71,15 @@ def test_scenario_log_mode_reaches_every_simulation(tmp_path):
     (run_id,) = json.loads((out / "runs.json").read_text())["simulated"]
     manifest = json.loads((tmp_path / "runs" / run_id / "manifest.json").read_text())
     assert manifest["log"] == "histograms"
+
+
+def test_the_sweep_report_is_written_for_a_grid_of_nodes_alone_and_shows_no_run_ids(tmp_path):
+    """A what-if over nodes only (the commonest question) used to fail writing its PDF: the chart took
+    the rows' run ids for a grid setting ('could not convert string to float')."""
+    from pypdf import PdfReader
+
+    text = SWEEP.replace("grid: {nodes: [2, 3, 4]}", "grid: {nodes: [3, 4]}").replace("report: false\n", "")
+    out = run_scenario(parse_scenario(text, "<tiny>"), tmp_path / "runs", tmp_path / "reports", quiet=True)
+    pages = [" ".join(p.extract_text().split()) for p in PdfReader(out / "report.pdf").pages]
+    (sweep,) = [p for p in pages if "Sweep grid" in p]
+    assert "nodes connections p95 ms" in sweep and "run_ids" not in sweep and "sweep-" not in sweep
