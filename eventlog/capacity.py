@@ -5,17 +5,25 @@ connection limit (``SOCKET_MAX_CONNECTIONS``): a node that refuses the 2001st co
 2500 however fast it is. The answer for a target load is the nodes that carry it when every replication's
 ramp is believed (the least ramp), plus the N+1 spare; the spread is what the most favourable ramp would
 need, and the sensitivity is the answer at 20 % less and 20 % more load.
+
+When the model can simulate the deployment itself (several nodes joined by Redis, each holding its share
+of every company), :class:`NodeSearch` checks that estimate: the answer becomes the fewest nodes on which
+every replication of the simulated deployment meets the SLO, the same question the what-if sweep asks.
+A one-node ramp puts a company's whole room on one node, so its fan-out comes in bigger bursts than on a
+deployment; its capacity is where the search starts, not the answer.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 LOAD_SENSITIVITY = 0.2  # the answer is also given at (1 -/+ this) x the target load
 SPARE_NODES = 1  # N+1: one node may fail or be drained
+MAX_NODES = 256  # a deployment search gives up past this many nodes (no answer)
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,9 @@ class NodesAnswer:
     best_case: int | None  # what the most favourable ramp would need
     at_less_load: int | None
     at_more_load: int | None
-    ramps: int
+    ramps: int  # replications behind the spread
     spare: int
+    basis: str = "ramps"  # "ramps": one node's ramps scaled; "deployment": the deployment simulated
 
     @property
     def without_spare(self) -> int | None:
@@ -110,13 +119,16 @@ class NodesAnswer:
     def text(self) -> str:
         """'8 nodes with N+1 (7-8 over 5 ramps; 7 at -20 % load, 10 at +20 %)', or why there is no answer."""
         if self.nodes is None:
+            if self.basis == "deployment":
+                return f"no answer: no simulated deployment of up to {MAX_NODES} nodes meets the SLO"
             return "no answer: one node does not hold the SLO at the lowest step tried"
+        what = "ramps" if self.basis == "ramps" else "replications"
         spread = (
-            f"{self.best_case}-{self.nodes} over {self.ramps} ramps"
+            f"{self.best_case}-{self.nodes} over {self.ramps} {what}"
             if self.best_case != self.nodes
-            else f"the same on all {self.ramps} ramps"
+            else f"the same on all {self.ramps} {what}"
             if self.ramps > 1
-            else "1 ramp: no spread"
+            else f"1 {what[:-1]}: no spread"
         )
         pct = round(100 * LOAD_SENSITIVITY)
         spare = f"N+{self.spare}" if self.spare else "no spare"
@@ -133,8 +145,90 @@ class NodesAnswer:
             "at_more_load": self.at_more_load,
             "ramps": self.ramps,
             "spare": self.spare,
+            "basis": self.basis,
             "text": self.text(),
         }
+
+    @classmethod
+    def from_record(cls, connections: int, rec: Mapping[str, Any]) -> NodesAnswer:
+        keys = ("nodes", "best_case", "at_less_load", "at_more_load", "ramps", "spare", "basis")
+        return cls(connections, **{k: rec[k] for k in keys})
+
+
+@dataclass
+class NodeSearch:
+    """The fewest nodes on which every replication of a simulated deployment of ``connections`` meets the
+    SLO, found by bisection (more nodes are assumed never to do worse) between the fewest the node limit
+    allows and a count that meets it (found by doubling from ``start``, the ramps' estimate).
+
+    The caller simulates what :meth:`next` asks for and records each replication's verdict with
+    :meth:`add`, until :meth:`next` returns None."""
+
+    connections: int
+    start: int
+    least: int = 1  # the fewest nodes the node limit allows
+    tried: dict[int, tuple[bool, ...]] = field(default_factory=dict)
+
+    def add(self, nodes: int, meets: Sequence[bool]) -> None:
+        self.tried[nodes] = tuple(bool(m) for m in meets)
+
+    def _good(self) -> list[int]:
+        return sorted(n for n, m in self.tried.items() if all(m))
+
+    def next(self) -> int | None:
+        """The node count to simulate next, or None when the search is over."""
+        if not self.tried:
+            return min(max(self.start, self.least, 1), MAX_NODES)
+        good = self._good()
+        if not good:
+            top = max(self.tried)
+            return min(2 * top, MAX_NODES) if top < MAX_NODES else None
+        hi = good[0]
+        lo = max((n for n in self.tried if n < hi), default=self.least - 1)
+        return (lo + hi) // 2 if hi - lo > 1 else None
+
+    def fewest(self) -> int | None:
+        """Fewest nodes every replication met the SLO on (and on every larger count tried)."""
+        return self._fewest(all)
+
+    def fewest_any(self) -> int | None:
+        """The same for the most favourable replication: the spread's other end."""
+        reps = max((len(m) for m in self.tried.values()), default=0)
+        each = [self._fewest(functools.partial(_met, r)) for r in range(reps)]
+        found = [n for n in each if n is not None]
+        return min(found) if found else None
+
+    def _fewest(self, ok: Callable[[tuple[bool, ...]], bool]) -> int | None:
+        best = None
+        for n in sorted(self.tried, reverse=True):
+            if not ok(self.tried[n]):
+                break
+            best = n
+        return best
+
+
+def _met(replication: int, meets: tuple[bool, ...]) -> bool:
+    return replication < len(meets) and meets[replication]
+
+
+def deployment_answer(
+    target: NodeSearch, less: NodeSearch, more: NodeSearch, replications: int, spare: int = SPARE_NODES
+) -> NodesAnswer:
+    """The answer from finished deployment searches at the target load and at -/+20 % of it."""
+
+    def plus(n: int | None) -> int | None:
+        return None if n is None else n + spare
+
+    return NodesAnswer(
+        connections=target.connections,
+        nodes=plus(target.fewest()),
+        best_case=plus(target.fewest_any()),
+        at_less_load=plus(less.fewest()),
+        at_more_load=plus(more.fewest()),
+        ramps=replications,
+        spare=spare,
+        basis="deployment",
+    )
 
 
 def capacity_answer(cap: NodeCapacity, targets: Sequence[int], spare: int = SPARE_NODES) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,16 @@ from typing import Any
 import pandas as pd
 
 from eventlog import Run, companies_needed, read_run, step_table, steps
-from eventlog.capacity import SPARE_NODES, NodeCapacity, capacity_answer, node_capacity_text
+from eventlog.capacity import (
+    LOAD_SENSITIVITY,
+    SPARE_NODES,
+    NodeCapacity,
+    NodesAnswer,
+    NodeSearch,
+    capacity_answer,
+    deployment_answer,
+    node_capacity_text,
+)
 from model import Calibration, Point, Workload, confidence, replicate_points
 from model.calibrate import calibrate
 from model.usl import fit_usl
@@ -54,22 +64,19 @@ def workload_at(wl: Workload, connections: int, duration_s: float, rate_per_conn
     )
 
 
-def capacity_rows(
+def simulate_plan(
     cal: Calibration,
     wl: Workload,
     sc: Scenario,
     sim: SimulateSpec,
     runs_root: Path,
     label: str,
-    nodes_for: Mapping[int, int] | None = None,
-) -> pd.DataFrame:
-    """Simulated benchmark rows at each of the scenario's connection counts, mean and CI half-width.
-
-    Each count runs on ``nodes_for[count]`` nodes (the capacity answer without its spare: the load
-    with one node down), else on the scenario's ``simulate.nodes``; CPU and memory are also given per node.
-    """
+    plan: list[tuple[int, int]],
+) -> list[tuple[dict[str, Any], list[bool]]]:
+    """Each ``(connections, nodes)`` of ``plan`` simulated ``sim.replications`` times, all at once (a
+    cluster runs them side by side): its benchmark row (mean and CI half-width, CPU and memory also per
+    node) and whether each replication met the SLO."""
     rate = sim.events_per_connection if sim.events_per_connection is not None else wl.base_rate
-    plan = [(n, (nodes_for or {}).get(n) or sim.nodes) for n in sim.connections]
     points = [
         Point(
             cal.model_copy(update={"conn_limits": False}) if nodes > 1 else cal,
@@ -80,9 +87,8 @@ def capacity_rows(
         )
         for n, nodes in plan
     ]
-    # every count's replications at once (a cluster runs them side by side); each returns its row
     simulated = replicate_points(points, runs_root, sim.replications, sim.seed, slo=sc.slo)
-    rows = []
+    out = []
     for (n, nodes), (dirs, done) in zip(plan, simulated, strict=True):
         reps: list[Mapping[str, Any]] = list(done)
         row: dict[str, Any] = {
@@ -98,13 +104,94 @@ def capacity_rows(
             row[m], row[m + "_ci"] = mean, half
         for m in ("mean_cpu_pct", "peak_memory_mb"):  # the projections sum over nodes
             row[m + "_per_node"], row[m + "_per_node_ci"] = row[m] / nodes, row[m + "_ci"] / nodes
-        row["meets_slo"] = bool(row["p95_ms"] <= sc.slo.p95_ms and row["error_rate_pct"] <= sc.slo.error_rate_pct)
-        rows.append(row)
-        log(
-            f"  simulated {label} at {n} connections on {nodes} node(s): p95 {row['p95_ms']:.1f} "
-            f"+- {row['p95_ms_ci']:.1f} ms, cpu {row['mean_cpu_pct_per_node']:.0f} % per node"
-        )
+        row["meets_slo"] = meets_slo(row, sc)
+        out.append((row, [meets_slo(r, sc) for r in reps]))
+    return out
+
+
+def meets_slo(row: Mapping[str, Any], sc: Scenario) -> bool:
+    return bool(row["p95_ms"] <= sc.slo.p95_ms and row["error_rate_pct"] <= sc.slo.error_rate_pct)
+
+
+def capacity_rows(
+    cal: Calibration,
+    wl: Workload,
+    sc: Scenario,
+    sim: SimulateSpec,
+    runs_root: Path,
+    label: str,
+    nodes_for: Mapping[int, int] | None = None,
+) -> pd.DataFrame:
+    """Simulated benchmark rows at each of the scenario's connection counts, mean and CI half-width.
+
+    Each count runs on ``nodes_for[count]`` nodes, else on the scenario's ``simulate.nodes``; CPU and
+    memory are also given per node.
+    """
+    plan = [(n, (nodes_for or {}).get(n) or sim.nodes) for n in sim.connections]
+    rows = [row for row, _ in simulate_plan(cal, wl, sc, sim, runs_root, label, plan)]
+    for row in rows:
+        _log_row(label, row)
     return pd.DataFrame(rows)
+
+
+def _log_row(label: str, row: Mapping[str, Any]) -> None:
+    log(
+        f"  simulated {label} at {row['connections']} connections on {row['nodes']} node(s): p95 "
+        f"{row['p95_ms']:.1f} +- {row['p95_ms_ci']:.1f} ms, cpu {row['mean_cpu_pct_per_node']:.0f} % per node"
+    )
+
+
+def deployment_answers(
+    cal: Calibration,
+    wl: Workload,
+    sc: Scenario,
+    sim: SimulateSpec,
+    runs_root: Path,
+    label: str,
+    cap: NodeCapacity,
+) -> tuple[dict[int, NodesAnswer], pd.DataFrame, dict[str, Any]]:
+    """For each of the scenario's connection counts, and at -/+20 % of it, the fewest nodes on which
+    every replication of the simulated deployment meets the SLO (eventlog.capacity.NodeSearch, started
+    from the ramps' estimate), searched side by side, one round of simulations at a time. Returns the
+    answers (with the N+1 spare), each count's row on its answer less the spare (the load with one
+    node down; on the most nodes tried when there is no answer), and what was tried: per connection
+    count, each node count's per-replication verdicts and the runs behind them."""
+    limit = node_limit(cal)
+    searches: dict[tuple[int, float], NodeSearch] = {}
+    for n in sim.connections:
+        for f in (1.0, 1 - LOAD_SENSITIVITY, 1 + LOAD_SENSITIVITY):
+            c = max(1, round(n * f))
+            least = math.ceil(c / limit) if limit else 1
+            searches[(n, f)] = NodeSearch(c, start=cap.nodes(c, spare=0) or least, least=least)
+    results: dict[tuple[int, int], tuple[dict[str, Any], list[bool]]] = {}
+    while True:
+        wanted = {(s.connections, k) for s in searches.values() if (k := s.next()) is not None}
+        plan = sorted(p for p in wanted if p not in results)
+        if not wanted:
+            break
+        if plan:
+            log(f"  {label}: simulating the deployment at " + ", ".join(f"{c} on {k}" for c, k in plan) + " ...")
+            results.update(zip(plan, simulate_plan(cal, wl, sc, sim, runs_root, label, plan), strict=True))
+        for s in searches.values():
+            while (k := s.next()) is not None and (s.connections, k) in results:
+                s.add(k, results[(s.connections, k)][1])
+    answers, rows = {}, []
+    for n in sim.connections:
+        target = searches[(n, 1.0)]
+        answers[n] = deployment_answer(
+            target,
+            searches[(n, 1 - LOAD_SENSITIVITY)],
+            searches[(n, 1 + LOAD_SENSITIVITY)],
+            sim.replications,
+        )
+        on = target.fewest() or max(target.tried)
+        row = results[(target.connections, on)][0]
+        _log_row(label, row)
+        rows.append(row)
+    tried: dict[str, Any] = {"meets_slo": {}, "runs": [r for row, _ in results.values() for r in row["run_ids"]]}
+    for (c, k), (_row, meets) in sorted(results.items()):
+        tried["meets_slo"].setdefault(str(c), {})[str(k)] = meets
+    return answers, pd.DataFrame(rows), tried
 
 
 def node_capacity(
@@ -219,8 +306,9 @@ def given_model(sc: Scenario, sim: SimulateSpec, record: dict) -> tuple[str, Cal
 def simulate_capacity(
     sc: Scenario, sim: SimulateSpec, models: Models, runs_root: Path, out_dir: Path, record: dict
 ) -> None:
-    """'compare' and 'simulate': one node's capacity from replicated ramps, the nodes each of the scenario's
-    connection counts needs (eventlog.capacity), and each count simulated on those nodes less the spare."""
+    """'compare' and 'simulate': one node's capacity from replicated ramps, then the nodes each of the
+    scenario's connection counts needs, checked on the simulated deployment (eventlog.capacity), and
+    each count's row on those nodes less the spare."""
     tables, capacity = [], {}
     for label, (cal, wl) in models.items():
         rate = sim.events_per_connection if sim.events_per_connection is not None else wl.base_rate
@@ -228,18 +316,19 @@ def simulate_capacity(
         cap, ramp_runs = node_capacity(cal, wl, sc, sim, runs_root, label, rate)
         log(f"  {label}: {node_capacity_text(cap)}")
         answer = capacity_answer(cap, sim.connections)
-        # with one node down the rest must carry the load; 'simulate.nodes', when set, overrides
-        nodes_for = (
-            None
-            if "nodes" in sim.model_fields_set
-            else {
-                n: a["nodes"] - a["spare"] for n, a in ((int(k), v) for k, v in answer["nodes"].items()) if a["nodes"]
-            }
-        )
-        log(f"simulating {label} at {sim.connections} connections ...")
-        t = capacity_rows(cal, wl, sc, sim, runs_root, label, nodes_for)
+        if "nodes" in sim.model_fields_set:  # the scenario pins the node count: simulate on it, no search
+            log(f"simulating {label} at {sim.connections} connections on {sim.nodes} node(s) ...")
+            t = capacity_rows(cal, wl, sc, sim, runs_root, label)
+            runs = [r for ids in t["run_ids"] for r in ids]
+        else:  # the ramps' estimate checked on the simulated deployment (the what-if's question)
+            log(f"simulating {label}: the fewest nodes that carry {sim.connections} connections ...")
+            found, t, tried = deployment_answers(cal, wl, sc, sim, runs_root, label, cap)
+            answer["nodes"] = {str(n): a.to_record() for n, a in found.items()}
+            answer["nodes_needed_n_plus_1"] = {str(n): a.nodes for n, a in found.items()}
+            answer["deployments_tried"] = tried["meets_slo"]
+            runs = tried["runs"]
         tables.append(t)
-        record["simulated"] += ramp_runs + [r for ids in t["run_ids"] for r in ids]
+        record["simulated"] += ramp_runs + runs
         capacity[label] = {**answer, "events_per_connection": rate, "ramp_runs": ramp_runs}
         for n, a in answer["nodes"].items():
             log(f"  {label} at {n} connections: {a['text']}")

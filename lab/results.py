@@ -181,5 +181,14 @@ def capacity_answers(out: dict) -> dict[str, tuple[NodeCapacity, dict[int, Nodes
             rec = {**rec, "node_limit": cal.max_connections if cal.conn_limits else None}
         cap = NodeCapacity.from_record(rec)
         targets = [int(n) for n in (rec.get("nodes") or rec.get("nodes_needed_n_plus_1") or {})]
-        answers[label] = (cap, {n: cap.answer(n) for n in targets})
+        recs = rec.get("nodes") or {}
+        answers[label] = (
+            cap,
+            {  # checked on the simulated deployment when the record says so, else the ramps scaled
+                n: NodesAnswer.from_record(n, recs[str(n)])
+                if recs.get(str(n), {}).get("basis") == "deployment"
+                else cap.answer(n)
+                for n in targets
+            },
+        )
     return answers

@@ -44,3 +44,50 @@ def test_record_round_trips_and_keeps_the_old_key():
 def test_needs_a_ramp():
     with pytest.raises(ValueError, match="at least one ramp"):
         NodeCapacity(())
+
+
+def _search_with(truth, reps=3, **kw):
+    """Run a NodeSearch against a deployment whose replications meet the SLO from truth[r] nodes up."""
+    from eventlog.capacity import NodeSearch
+
+    s = NodeSearch(**kw)
+    asked = []
+    while (k := s.next()) is not None:
+        asked.append(k)
+        s.add(k, [k >= t for t in truth[:reps]])
+    return s, asked
+
+
+def test_deployment_search_bisects_down_from_a_pessimistic_ramp():
+    # the ramps said 7 nodes; the deployment needs 4 in every replication, 3 in the luckiest
+    s, asked = _search_with([4, 3, 4], connections=10_000, start=7)
+    assert (s.fewest(), s.fewest_any()) == (4, 3)
+    assert asked[0] == 7 and len(asked) <= 4  # log2 of the range, not a walk down
+
+
+def test_deployment_search_doubles_up_from_an_optimistic_ramp_and_never_goes_under_the_limit():
+    s, asked = _search_with([9, 9, 9], connections=10_000, start=2, least=5)
+    assert asked[0] == 5  # 10 000 at 2000 per node: never fewer than 5
+    assert s.fewest() == 9 and all(k >= 5 for k in asked)
+
+
+def test_deployment_search_without_an_answer_says_so():
+    from eventlog.capacity import MAX_NODES, NodeSearch, deployment_answer
+
+    s, asked = _search_with([10**6] * 3, connections=10**7, start=100)
+    assert s.fewest() is None and asked[-1] == MAX_NODES
+    done = NodeSearch(1, start=1)
+    done.add(1, [True])
+    a = deployment_answer(s, done, done, replications=3)
+    assert a.nodes is None and a.text().startswith("no answer: no simulated deployment")
+
+
+def test_deployment_answer_text_and_record_round_trip():
+    from eventlog.capacity import NodesAnswer, deployment_answer
+
+    target, _ = _search_with([4, 3, 4], connections=10_000, start=7)
+    less, _ = _search_with([3, 3, 3], connections=8000, start=6)
+    more, _ = _search_with([5, 5, 4], connections=12_000, start=8)
+    a = deployment_answer(target, less, more, replications=3)
+    assert a.text() == "5 nodes with N+1 (4-5 over 3 replications; 4 at -20 % load, 6 at +20 %)"
+    assert NodesAnswer.from_record(10_000, a.to_record()) == a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from pypdf import PdfReader
 
 from eventlog import benchmark_row, read_run
 from eventlog.capacity import NodeCapacity, node_capacity_text
-from lab.results import load_outputs
+from lab.results import capacity_answers, load_outputs
 from lab.servers import ServerProcess, ServerStartError, create_users
 from lab.tables import fmt
 from model.usl import fit_usl, usl
@@ -100,11 +101,31 @@ def test_run_writes_tables_calibrations_and_capacity(tiny_outputs):
         assert len(each) == 2  # the tiny scenario's replications
         limit = cap["node_limit"]
         assert cap["connections_per_node"] == min(min(each), limit if limit is not None else min(each))
-        # every target's answer comes from eventlog.capacity: nodes = ceil(n / per node) + the spare
+        # every target's answer is the fewest nodes on which every replication of the simulated
+        # deployment met the SLO (eventlog.capacity.NodeSearch), never under the node limit
+        simulated = set(json.loads((out / "runs.json").read_text())["simulated"])
+        capacity_csv = pd.read_csv(out / "capacity.csv")
         for n, answer in cap["nodes"].items():
-            if cap["connections_per_node"]:
-                assert answer["nodes"] == -(-int(n) // cap["connections_per_node"]) + 1, answer
-                assert answer["best_case"] <= answer["nodes"] <= answer["at_more_load"], answer
+            tried = {int(k): v for k, v in cap["deployments_tried"][n].items()}
+            assert answer["nodes"] is not None, answer
+            fewest = answer["nodes"] - answer["spare"]
+            assert all(tried[fewest]) and all(all(v) for k, v in tried.items() if k > fewest)
+            assert (
+                fewest == 1
+                or (fewest - 1 in tried and not all(tried[fewest - 1]))
+                or (limit is not None and fewest == -(-int(n) // limit))
+            ), (n, tried)
+            assert answer["best_case"] <= answer["nodes"] <= answer["at_more_load"], answer
+            label = cap_label(model, cap)
+            row = capacity_csv[(capacity_csv["label"] == label) & (capacity_csv["connections"] == int(n))]
+            assert int(row["nodes"].iloc[0]) == fewest  # the row: the load with one node down
+        assert set(cap["ramp_runs"]) <= simulated
+    csv_runs = {r for ids in pd.read_csv(out / "capacity.csv")["run_ids"] for r in ast.literal_eval(ids)}
+    assert csv_runs <= simulated  # every run behind a number is listed
+
+
+def cap_label(model: dict, cap: dict) -> str:
+    return next(label for label, c in model["capacity"].items() if c is cap)
 
 
 def steady_figures_from_parquet(run_dir: Path) -> dict[str, float]:
@@ -305,12 +326,14 @@ def test_page_one_answers_with_the_capacity_table_confidence_and_claims(tiny_out
     assert "Question: does the whole flow run end to end on small settings?" in text
     assert "Nodes needed and the simulated figures on them" in text
     model = json.loads((out / "model.json").read_text())
+    answers = capacity_answers(load_outputs(out))
     targets = set()
     for label, rec in model["capacity"].items():
         cap = NodeCapacity.from_record(rec)
         assert node_capacity_text(cap) in text, label
         for n, answer in rec["nodes"].items():
-            assert cap.answer(int(n)).text() == answer["text"]  # the one answer: model.json and a recomputation
+            assert answers[label][1][int(n)].text() == answer["text"]  # the one answer: model.json and the reader
+            assert answer["basis"] == "deployment"  # checked on the simulated deployment, as the what-if does
             assert answer["text"] in text, (label, n)
             targets.add(int(n))
     top = max(targets)
