@@ -83,3 +83,20 @@ def test_the_sweep_report_is_written_for_a_grid_of_nodes_alone_and_shows_no_run_
     pages = [" ".join(p.extract_text().split()) for p in PdfReader(out / "report.pdf").pages]
     (sweep,) = [p for p in pages if "Sweep grid" in p]
     assert "nodes connections p95 ms" in sweep and "run_ids" not in sweep and "sweep-" not in sweep
+
+
+def test_the_capacity_answer_and_the_what_if_agree_on_the_same_calibration(tmp_path):
+    """Issue 9: page 1's nodes-needed (the deployment search of a 'simulate' scenario) and the what-if
+    sweep ask the same question of the same calibration, so they give the same node count."""
+    sim = (
+        SWEEP.replace("kind: sweep", "kind: simulate")
+        .replace("replications: 1, seed: 1}", "replications: 1, seed: 1, connections: [5000]}")
+        .split("sweep:\n")[0]
+        + "report: false\n"
+    )
+    out = run_scenario(parse_scenario(sim, "<tiny>"), tmp_path / "runs", tmp_path / "reports", quiet=True)
+    (answer,) = json.loads((out / "model.json").read_text())["capacity"].values()
+    assert answer["nodes"]["5000"]["basis"] == "deployment"
+    out = run_scenario(parse_scenario(SWEEP, "<tiny>"), tmp_path / "runs", tmp_path / "reports", quiet=True)
+    sweep = json.loads((out / "model.json").read_text())["sweep"]
+    assert answer["nodes"]["5000"]["nodes"] == sweep["with_n_plus_1"] == 4
