@@ -292,6 +292,13 @@ def capacity_section(
             f"{label}: {node_capacity_text(cap)}, at {fmt(rates.get(label), '{:.3g}')} events/s per connection"
             + (f"; simulated ramps {', '.join(ramps)}." if ramps else ".")
         )
+    searched = any(r.answer.basis == "deployment" for r in rows)
+    if searched:
+        notes.append(
+            "Nodes needed: the fewest nodes on which every replication of the simulated deployment (nodes "
+            "joined by Redis, each holding its share of every company) meets the SLO, searched from the "
+            "one-node ramps' estimate and never under the node limit; the same question the what-if sweep asks."
+        )
     notes.append(
         "Figures are simulated 'on nodes': the answer's nodes less the spare (the load with one node down), "
         "mean of the replications with the 95 % CI; CPU in % of one core. * beyond the measured envelope."

@@ -325,6 +325,7 @@ def test_page_one_answers_with_the_capacity_table_confidence_and_claims(tiny_out
     text = _page_text(pdf)
     assert "Question: does the whole flow run end to end on small settings?" in text
     assert "Nodes needed and the simulated figures on them" in text
+    assert "Nodes needed: the fewest nodes on which every replication of the simulated deployment" in text
     model = json.loads((out / "model.json").read_text())
     answers = capacity_answers(load_outputs(out))
     targets = set()
