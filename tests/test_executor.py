@@ -240,7 +240,12 @@ def test_capacity_ramps_and_rows_on_the_cluster_equal_the_local_ones(cluster, tm
         if isinstance(executor, DaskExecutor):
             executor.close()
         outputs[name] = record, (tmp_path / name / "capacity.csv").read_text()
-        assert len(list((tmp_path / f"{name}-runs").iterdir())) == 2 * 3  # 2 ramps, 2 counts x 2 replications
+        # 2 ramps, then each deployment tried (the counts and -/+20 % of them, on 1 node) x 2 replications
+        tried = {
+            (c, k) for rec in record["capacity"].values() for c, ks in rec["deployments_tried"].items() for k in ks
+        }
+        assert tried == {("32", "1"), ("40", "1"), ("48", "1"), ("60", "1"), ("72", "1")}
+        assert len(list((tmp_path / f"{name}-runs").iterdir())) == 2 + 2 * len(tried) == len(record["simulated"])
     (local, local_csv), (dask, dask_csv) = outputs["local"], outputs["dask"]
     table_a, table_b = (pd.read_csv(StringIO(t)).drop(columns="run_ids") for t in (local_csv, dask_csv))
     pd.testing.assert_frame_equal(table_a, table_b, check_exact=True)  # run ids aside: every run has its own
