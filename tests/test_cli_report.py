@@ -481,3 +481,28 @@ def test_latency_page_says_how_each_batching_profile_batches(tmp_path):
     assert "so their p95 sits near the window" not in text
     text = latency_text(False)
     assert "Batching profiles: optimized (100 ms)" in text and "so their p95 sits near the window" in text
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_notebook_3_on_the_report_folder_prints_page_ones_answers(tiny_outputs, tmp_path):
+    """Issue 9: notebook 3 run on a report folder gives the answers its PDF's page 1 gives (one function)."""
+    import nbformat
+    import papermill
+
+    out, pdf = tiny_outputs
+    done = tmp_path / "3.ipynb"
+    papermill.execute_notebook(
+        Path(__file__).parent.parent / "notebooks" / "3-capacity.ipynb",
+        done,
+        parameters={"OUTPUTS": str(out)},
+        cwd=tmp_path,
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    nb = nbformat.read(done, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    page = _page_text(pdf)
+    for rec in json.loads((out / "model.json").read_text())["capacity"].values():
+        for n, answer in rec["nodes"].items():
+            assert f"{int(n):>6} connections: {answer['text']}" in printed
+            assert answer["text"] in page
