@@ -604,7 +604,7 @@ def sweep_page(pdf: PdfPages, sweep: pd.DataFrame, record: Mapping[str, Any], sl
     keys = [
         c for c in sweep.columns if not c.endswith("_ci") and c not in SWEEP_FIGURES and c not in ("meets_slo", "over")
     ]
-    keys = [k for k in keys if k not in ("over_node_limit", "run_ids")]  # the grid's settings alone
+    keys = [k for k in keys if k not in ("over_node_limit", "run_ids", "replications_meeting_slo")]  # the grid alone
     lines = [
         f"Fewest nodes meeting the SLO: {record.get('fewest_nodes_meeting_slo', 'n/a')}, with N+1: "
         f"{record.get('with_n_plus_1', 'n/a')}. Node connection limit: {record.get('node_limit', 'none')}."

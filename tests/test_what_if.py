@@ -49,6 +49,8 @@ def test_sweep_skips_node_counts_over_the_limit_and_agrees_with_the_capacity_ans
     assert record["question"].startswith("how many optimized nodes")
     # every simulated point names its runs, and the record lists them
     ran = rows[~rows["over_node_limit"].astype(bool)]
+    # a point meets the SLO when every replication does (the capacity answer's rule), not on average
+    assert (ran["meets_slo"].astype(bool) == (ran["replications_meeting_slo"] == 1)).all()
     ids = [i for cell in ran["run_ids"] for i in ast.literal_eval(cell)]  # pandas wrote the list as text
     assert ids and sorted(ids) == sorted(record["simulated"])
     assert all((tmp_path / "runs" / i / "manifest.json").exists() for i in ids)
