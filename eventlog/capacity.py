@@ -132,10 +132,8 @@ class NodesAnswer:
         )
         pct = round(100 * LOAD_SENSITIVITY)
         spare = f"N+{self.spare}" if self.spare else "no spare"
-        return (
-            f"{self.nodes} nodes with {spare} ({spread}; {self.at_less_load} at -{pct} % load, "
-            f"{self.at_more_load} at +{pct} %)"
-        )
+        less, more = (n if n is not None else "no answer" for n in (self.at_less_load, self.at_more_load))
+        return f"{self.nodes} nodes with {spare} ({spread}; {less} at -{pct} % load, {more} at +{pct} %)"
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -177,6 +175,8 @@ class NodeSearch:
 
     def next(self) -> int | None:
         """The node count to simulate next, or None when the search is over."""
+        if self.least > MAX_NODES:  # the node limit alone needs more nodes than the search tries
+            return None
         if not self.tried:
             return min(max(self.start, self.least, 1), MAX_NODES)
         good = self._good()

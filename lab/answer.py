@@ -162,6 +162,10 @@ def slo_verdict(row: Mapping[str, Any], slo: SLO) -> tuple[str, bool]:
         why.append(f"p95 {sig(p95)} > {slo.p95_ms:g} ms")
     if not err <= slo.error_rate_pct:
         why.append(f"errors {sig(err, 2)} > {slo.error_rate_pct:g} %")
+    if not why:  # the means meet it, not every replication does (the capacity answer's rule)
+        why.append(
+            f"met in {int(row.get('replications_meeting_slo', 0))} of {int(row.get('replications', 0))} replications"
+        )
     return "MISSES (" + ", ".join(why) + ")", False
 
 

@@ -91,3 +91,14 @@ def test_deployment_answer_text_and_record_round_trip():
     a = deployment_answer(target, less, more, replications=3)
     assert a.text() == "5 nodes with N+1 (4-5 over 3 replications; 4 at -20 % load, 6 at +20 %)"
     assert NodesAnswer.from_record(10_000, a.to_record()) == a
+
+
+def test_a_search_the_node_limit_puts_past_max_nodes_gives_no_answer_and_text_says_no_answer():
+    from eventlog.capacity import MAX_NODES, NodeSearch, deployment_answer
+
+    s = NodeSearch(2000 * (MAX_NODES + 1), start=1, least=MAX_NODES + 1)
+    assert s.next() is None and s.fewest() is None
+    ok = NodeSearch(1, start=1)
+    ok.add(1, [True])
+    a = deployment_answer(ok, ok, s, replications=1)
+    assert a.text().endswith("no answer at +20 %)")
