@@ -322,8 +322,8 @@ def fmt(v: float, digits: int = 1) -> str:
 def table(summary: dict[str, dict], args: argparse.Namespace) -> str:
     kinds = [k for k in SERVERS if k in summary]
 
-    def echo_cap(s: dict) -> str:
-        return (">= " if s["echo_capacity_lower_bound"] else "") + fmt(s["echo_capacity"], 0)
+    def echo_cap(s: dict) -> str:  # n/a when the echo point did not run (--points)
+        return (">= " if s.get("echo_capacity_lower_bound") else "") + fmt(s.get("echo_capacity", float("nan")), 0)
 
     metrics = [
         (f"echo capacity, ack p95 < {P95_LIMIT_MS:g} ms (events/s)", "echo_capacity", echo_cap, False),
@@ -348,7 +348,7 @@ def table(summary: dict[str, dict], args: argparse.Namespace) -> str:
                 if ref in summary:
                     a, b = summary["optimized"].get(key, np.nan), summary[ref].get(key, np.nan)
                     ratio = a / b if b else float("nan")
-                    lb = key == "echo_capacity" and summary[ref]["echo_capacity_lower_bound"]
+                    lb = key == "echo_capacity" and summary[ref].get("echo_capacity_lower_bound")
                     cells.append(("<= " if lb else "") + fmt(ratio, 2))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 
 from engineio import packet as eio_packet
 
+from .compat import observe_many
 from .guard import dumps
 from .metrics import Metrics
 
@@ -129,18 +130,24 @@ class Batcher:
 
     def _send(self, pending: dict[str, list[str]], oldest: dict[str, float], now: float) -> int:
         # Recipients of the same room usually hold the very same entries: build each batch once.
+        # Their oldest entries were queued together too: one delay per batch, recorded per distinct delay.
         built: dict[tuple[int, ...], list[eio_packet.Packet]] = {}
+        delays: dict[float, int] = {}
         sent = compressed = 0
+        deliver = self.deliver
         for sid, entries in pending.items():
             key = tuple(map(id, entries))
             packets = built.get(key)
             if packets is None:
                 packets = built[key] = batch_packets(entries, self.compression_threshold, self.namespace)
                 self.metrics.batch_events.observe(len(entries))
-            if self.deliver(sid, packets):
+            if deliver(sid, packets):
                 sent += 1
                 compressed += len(packets) > 1
-                self.metrics.batch_delay.observe(now - oldest[sid])
+                delay = now - oldest[sid]
+                delays[delay] = delays.get(delay, 0) + 1
+        for delay, count in delays.items():
+            observe_many(self.metrics.batch_delay, delay, count)
         self.metrics.batches.inc(sent)
         self.metrics.packets_out.inc(sent)
         if compressed:

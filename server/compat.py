@@ -71,6 +71,18 @@ def packet_codec(json_module: Any, data_is_binary: Any) -> dict[str, Any]:
     return {"json": json_module, "data_is_binary": classmethod(data_is_binary)}
 
 
+def observe_many(histogram: Any, amount: float, count: int) -> None:
+    """``count`` observations of the same ``amount`` in a prometheus_client ``Histogram``, with one
+    addition to its sum and one to its bucket instead of ``count`` locked ``observe`` calls: the state
+    ``Histogram.observe`` itself updates (``_sum``, ``_upper_bounds``, ``_buckets``; a batch flush to a
+    room of thousands records one delay per recipient, server/batching.py)."""
+    histogram._sum.inc(amount * count)
+    for i, bound in enumerate(histogram._upper_bounds):
+        if amount <= bound:
+            histogram._buckets[i].inc(count)
+            break
+
+
 def replace_queue(sock: AsyncSocket, queue: Any) -> Any:
     """Give an engine.io socket another send queue and return the old one. engine.io's
     ``AsyncSocket.send`` puts every packet on ``sock.queue`` with ``put`` (which calls ``put_nowait``)

@@ -131,7 +131,10 @@ class DirectQueue(Outbox):
             and not t.get_write_buffer_size()
             and not t.is_closing()
         ):
-            t.write(ws_frame(item.encode()))
+            frame = item.__dict__.get("ws_frame")  # a fan-out hands every recipient the same packet: frame it once
+            if frame is None:
+                frame = item.ws_frame = ws_frame(item.encode())
+            t.write(frame)
             return
         super().put_nowait(item)
         if self.start_writer is not None and not self.writing:
@@ -146,6 +149,8 @@ def writing(lab: LabServer, eio_sid: str) -> bool:
     queue = sock.queue
     if queue.qsize() or getattr(queue, "writing", False):
         return True
+    if isinstance(queue, DirectQueue) and queue.transport is not None:  # the lean loop's, without the look-ups
+        return queue.transport.get_write_buffer_size() > 0
     transport = sock.transport() if isinstance(sock, GuardedSocket) else None
     return transport is not None and transport.get_write_buffer_size() > 0
 

@@ -13,7 +13,17 @@ import socketio
 from engineio.async_socket import AsyncSocket
 
 from server.app import SioServer
-from server.compat import CALLS, OVERRIDES, TESTED, adopt, namespace_rooms, packet_codec, pending_binary, replace_queue
+from server.compat import (
+    CALLS,
+    OVERRIDES,
+    TESTED,
+    adopt,
+    namespace_rooms,
+    observe_many,
+    packet_codec,
+    pending_binary,
+    replace_queue,
+)
 from server.fanout import LabRedisManager
 from server.transport import GuardedSocket, LeanSocket
 
@@ -62,6 +72,23 @@ def test_private_state_the_server_reads_is_where_compat_reads_it():
     assert pending_binary(sio) == {}
     sio.manager.rooms.setdefault("/", {})["c:1"] = {}
     assert namespace_rooms(sio.manager) == {"c:1": {}}
+
+
+@pytest.mark.parametrize("amount", [0.0, 0.0004, 0.12, 0.3, 99.0])
+def test_many_observations_at_once_leave_a_histogram_as_that_many_observe_calls_do(amount):
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from server.metrics import LATENCY_BUCKETS
+
+    one, many = (Histogram(name, "h", buckets=LATENCY_BUCKETS, registry=CollectorRegistry()) for name in "ab")
+    for _ in range(7):
+        one.observe(amount)
+    observe_many(many, amount, 7)
+    samples = [{(s.name[1:], tuple(s.labels.items())): s.value for s in h.collect()[0].samples} for h in (one, many)]
+    assert samples[0].keys() == samples[1].keys()
+    for key, value in samples[0].items():  # the sum: 7 additions against one product, equal to rounding
+        assert samples[1][key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+    assert samples[1][("_count", ())] == 7.0
 
 
 def test_engineio_sockets_can_be_adopted_by_a_subclass():
