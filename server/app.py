@@ -241,6 +241,7 @@ class LabServer:
             manager = LabManager()
         manager.metrics = self.metrics
         manager.fast_fanout = t.fast_fanout
+        manager.room_index = {} if t.room_index else None
         # a packet class of this node's own: the attachment cap is a setting (rate_limit; else engine.io's)
         packet_class = type(
             "NodePacket",

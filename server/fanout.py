@@ -55,6 +55,51 @@ class LabManager(socketio.AsyncManager):
     # batchers of namespaces other than "/" (the dashboard's /admin), each with its own flush tick
     namespace_batchers: dict[str, Batcher] | None = None
 
+    # room_index: namespace -> sid -> the rooms it is in (None: off, python-socketio's own scans)
+    room_index: dict[str, dict[str, list]] | None = None
+
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.room_index is not None:
+            mine = self.room_index.setdefault(namespace, {}).setdefault(sid, [])
+            if room not in mine:
+                mine.append(room)
+
+    def basic_leave_room(self, sid, namespace, room):
+        super().basic_leave_room(sid, namespace, room)
+        mine = self.room_index.get(namespace, {}).get(sid) if self.room_index is not None else None
+        if mine is not None and room in mine:
+            mine.remove(room)
+
+    def basic_disconnect(self, sid, namespace, **kwargs):
+        """python-socketio's disconnect looks for the sid in every room of the namespace (a copy of the
+        table and a membership test per room: 1.8 ms a disconnect at 10 000 sockets in 20 000 rooms);
+        with the index it runs on a table of this socket's rooms only, then the emptied ones go."""
+        index = self.room_index.get(namespace) if self.room_index is not None else None
+        table = self.rooms.get(namespace)
+        if index is None or table is None:
+            return super().basic_disconnect(sid, namespace, **kwargs)
+        joined = index.pop(sid, [])
+        mine = {room: table[room] for room in joined if room in table}
+        self.rooms[namespace] = mine  # the stock code leaves each (the same bidicts), then its own clean-up
+        try:
+            super().basic_disconnect(sid, namespace, **kwargs)
+        finally:
+            for room in joined:
+                if room in table and room not in mine:  # it emptied the room: gone from the whole table too
+                    del table[room]
+            if table:
+                self.rooms[namespace] = table
+            else:
+                self.rooms.pop(namespace, None)
+                self.room_index.pop(namespace, None)
+
+    def get_rooms(self, sid, namespace):
+        index = self.room_index.get(namespace) if self.room_index is not None else None
+        if index is None:
+            return super().get_rooms(sid, namespace)
+        return [room for room in index.get(sid, ()) if room is not None]
+
     def initialize_now(self) -> None:
         """Initialize at server start-up rather than at the first connection (python-socketio's way),
         so a Redis node subscribes, and reports its link, before any client arrives."""

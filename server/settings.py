@@ -34,6 +34,7 @@ class Toggles(BaseModel):
     direct_write: bool = False  # a websocket frame straight to the transport when it takes bytes (no queue, no task)
     batch_flush_soon: bool = False  # batching: flush at the end of the loop iteration, not the tick; busy clients wait
     lean_metrics: bool = False  # per-event metrics in plain numbers, folded into Prometheus when read
+    room_index: bool = False  # each socket's rooms indexed: a disconnect visits its own rooms, not every room
 
 
 PROFILES: dict[str, dict[str, bool]] = {
