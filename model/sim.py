@@ -263,9 +263,15 @@ class Simulation:
         self.trace = trace
         self.trace_chat = np.empty(0, bool)
         n = max(wl.max_connections, trace.max_conn + 1 if trace is not None else 0) + 1
-        self.live = np.zeros(n, bool)
+        self.live = np.zeros(n, bool)  # change it only through set_live: the counts and caches follow it
         self.company = np.array([wl.company_of(i) for i in range(n)], np.int32)
         self.node_of = np.arange(n) % nodes
+        # live connections per (node, company), kept as they come and go, and each node's members by
+        # company, rebuilt only after that node's connections changed: a chat's fan-out asked a mask over
+        # every connection of every node (most of a 10-node run's time) while the answer rarely changed
+        self.counts = np.zeros((nodes, int(self.company.max()) + 1), np.int64)
+        self.version = [0] * nodes
+        self.by_company: list[tuple[int, dict[int, np.ndarray]] | None] = [None] * nodes
         self.phase = self.r_arr.random(n)  # for fixed-rate arrivals
         self.nodes = [NodeState() for _ in range(nodes)]
         self.remote: list[list[tuple]] = [[] for _ in range(nodes)]  # (arrival, service, sent, company)
@@ -360,7 +366,7 @@ class Simulation:
             while nxt is not None and nxt[0] <= t:
                 yield env.timeout(max(0.0, nxt[0] - env.now))
                 if self.live[nxt[1]]:
-                    self.live[nxt[1]] = False
+                    self.set_live(nxt[1], False)
                     self.nodes[self.node_of[nxt[1]]].closed += 1
                     self.rows.add(K["disconnect"], env.now, conn=nxt[1], name=NAME["client close"])
                 nxt = next(closes, None)
@@ -380,7 +386,7 @@ class Simulation:
             yield self.env.timeout(1.0)
             t = self.env.now
             for n, st in enumerate(self.nodes):
-                live = int((self.live & (self.node_of == n)).sum())
+                live = int(self.counts[n].sum())
                 cpu = cal.cpu_idle_s_per_s * t + st.work - max(0.0, st.free_at - t)
                 leak = 0.0 if self.cal.toggles.get("cleanup") else st.closed * cal.memory_leak_per_closed_bytes
                 rss = cal.memory_base_bytes + cal.memory_per_connection_bytes * live + leak
@@ -408,7 +414,7 @@ class Simulation:
             ids = np.flatnonzero(self.live)
             if ids.size:
                 cid = int(self.r_churn.choice(ids))
-                self.live[cid] = False
+                self.set_live(cid, False)
                 self.nodes[self.node_of[cid]].closed += 1
                 self.rows.add(K["disconnect"], self.env.now, conn=cid, name=NAME["client close"])
                 if self.recovering:
@@ -508,7 +514,7 @@ class Simulation:
             jobs_s.append(svc)
             jobs_k.append(np.full(len(mine), JOB_CONNECT))
             jobs_i.append(np.array([c for _, c in mine]))
-        live_n = int((self.live & (self.node_of == n)).sum())
+        live_n = int(self.counts[n].sum())
         n_ping = self.r_arr.poisson(live_n / cal.heartbeat_s * (t1 - t0)) if live_n else 0
         if n_ping:  # heartbeats of live connections
             jobs_t.append(self.r_arr.uniform(t0, t1, n_ping))
@@ -611,15 +617,32 @@ class Simulation:
             when = start[j] + (np.arange(members.size) + 1) * self.cal.cpu_per_packet_s + base
             self.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
 
+    def set_live(self, cid: int, up: bool) -> None:
+        """A connection comes up or goes down (the one way ``live`` changes)."""
+        if bool(self.live[cid]) == up:
+            return
+        self.live[cid] = up
+        n = int(self.node_of[cid])
+        self.counts[n, self.company[cid]] += 1 if up else -1
+        self.version[n] += 1
+
     def local_members(self, n: int) -> np.ndarray:
-        mask = self.live if self.n_nodes == 1 else self.live & (self.node_of == n)
-        return np.bincount(self.company[mask], minlength=self.company.max() + 1)
+        """Live connections of node ``n`` per company."""
+        return self.counts[n].copy()
 
     def members(self, n: int, company: int) -> np.ndarray:
-        mask = self.live & (self.company == company)
-        if self.n_nodes > 1:
-            mask &= self.node_of == n
-        return np.flatnonzero(mask)
+        """The live connections of ``company`` on node ``n``, in ascending order."""
+        cached = self.by_company[n]
+        if cached is None or cached[0] != self.version[n]:
+            ids = np.flatnonzero(self.live) if self.n_nodes == 1 else np.flatnonzero(self.live & (self.node_of == n))
+            comp = self.company[ids]
+            order = np.argsort(comp, kind="stable")
+            ids, comp = ids[order], comp[order]
+            cuts = np.flatnonzero(np.diff(comp)) + 1
+            groups = np.split(ids, cuts)
+            cached = self.by_company[n] = (self.version[n], {int(self.company[g[0]]): g for g in groups if g.size})
+        found = cached[1].get(int(company))
+        return found if found is not None else np.empty(0, np.int64)
 
     def emit_events(
         self,
@@ -716,16 +739,15 @@ class Simulation:
             rows.add(K["connect_start"], t, conn=cid)
             if cal.conn_limits:  # each node enforces its own limits on its own connections
                 refused = None
-                here = self.live & (self.node_of == n) if self.n_nodes > 1 else self.live
-                if int(here.sum()) >= cal.max_connections:
+                if int(self.counts[n].sum()) >= cal.max_connections:
                     refused = "refused: server connection limit reached"
-                elif int((here & (self.company == self.company[cid])).sum()) >= cal.max_per_company:
+                elif int(self.counts[n, self.company[cid]]) >= cal.max_per_company:
                     refused = "refused: company connection limit reached"
                 if refused is not None:
                     when = done[j] + base
                     rows.add(K["connect_fail"], when, conn=cid, name=NAME[refused], latency=when - t)
                     continue
-            self.live[cid] = True
+            self.set_live(cid, True)
             self.connects_ok += 1
             rows.add(K["connect_ok"], ok, conn=cid, latency=ok - t)
             if isinstance(replay, str):
@@ -739,7 +761,7 @@ class Simulation:
         late = int((waits > self.cal.ping_timeout_s).sum())
         ids = np.flatnonzero(self.live & (self.node_of == n))
         for cid in self.r_ping.choice(ids, min(late, ids.size), replace=False) if late and ids.size else []:
-            self.live[cid] = False
+            self.set_live(int(cid), False)
             self.nodes[n].closed += 1
             now = self.env.now
             self.rows.add(K["error"], now, conn=int(cid), name=NAME["dropped: ping timeout"])
