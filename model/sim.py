@@ -298,7 +298,7 @@ class Simulation:
         # every connection of every node (most of a 10-node run's time) while the answer rarely changed
         self.counts = np.zeros((nodes, int(self.company.max()) + 1), np.int64)
         self.version = [0] * nodes
-        self.by_company: list[tuple[int, dict[int, np.ndarray]] | None] = [None] * nodes
+        self.by_company: list[tuple[int, np.ndarray, np.ndarray] | None] = [None] * nodes
         self.phase = self.r_arr.random(n)  # for fixed-rate arrivals
         self.nodes = [NodeState() for _ in range(nodes)]
         # Redis fan-outs on their way to each node, as chunks of columns (arrival, service, sent, company)
@@ -670,17 +670,29 @@ class Simulation:
 
     def members(self, n: int, company: int) -> np.ndarray:
         """The live connections of ``company`` on node ``n``, in ascending order."""
+        ids, start = self.member_table(n)
+        return ids[start[company] : start[company + 1]]
+
+    def members_of(self, n: int, companies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The members of each of ``companies`` on node ``n``, one after another, and how many each."""
+        ids, start = self.member_table(n)
+        lo, sizes = start[companies], start[companies + 1] - start[companies]
+        ends = np.cumsum(sizes)
+        total = int(ends[-1]) if ends.size else 0
+        return ids[np.arange(total) - np.repeat(ends - sizes - lo, sizes)], sizes
+
+    def member_table(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Node ``n``'s live connections sorted by company (ascending within one), and where each
+        company's start (``start[c]:start[c + 1]``); rebuilt only after the node's connections changed."""
         cached = self.by_company[n]
         if cached is None or cached[0] != self.version[n]:
             ids = np.flatnonzero(self.live) if self.n_nodes == 1 else np.flatnonzero(self.live & (self.node_of == n))
             comp = self.company[ids]
-            order = np.argsort(comp, kind="stable")
-            ids, comp = ids[order], comp[order]
-            cuts = np.flatnonzero(np.diff(comp)) + 1
-            groups = np.split(ids, cuts)
-            cached = self.by_company[n] = (self.version[n], {int(self.company[g[0]]): g for g in groups if g.size})
-        found = cached[1].get(int(company))
-        return found if found is not None else np.empty(0, np.int64)
+            ids = ids[np.argsort(comp, kind="stable")]
+            start = np.zeros(self.counts.shape[1] + 1, np.int64)
+            np.cumsum(np.bincount(comp, minlength=self.counts.shape[1]), out=start[1:])
+            cached = self.by_company[n] = (self.version[n], ids, start)
+        return cached[1], cached[2]
 
     def emit_events(
         self,
@@ -808,15 +820,20 @@ class Simulation:
     def publish(self, chat_done: dict[int, np.ndarray]) -> None:
         """Every chat published on one node is fanned out by every other node (Redis pub/sub); sequenced
         (recovery), by its own node too, when the channel brings it back."""
+        if not chat_done:
+            return
         cal = self.cal
-        for origin, (done, sent, company) in chat_done.items():
-            for n in range(self.n_nodes):
-                if n == origin and not self.sequenced:
-                    continue
-                per = cal.cpu_per_delivery_s if self.fast else self.per_recipient
-                c = company.astype(int)
+        per = cal.cpu_per_delivery_s if self.fast else self.per_recipient
+        # every origin's chats in one set of columns, origin by origin (the order each node hears them)
+        origin = np.concatenate([np.full(v.shape[1], o) for o, v in chat_done.items()])
+        done, sent, company = np.concatenate(list(chat_done.values()), axis=1)
+        arrival, company = done + cal.redis_rtt_s, company.astype(int)
+        for n in range(self.n_nodes):
+            heard = origin != n if not self.sequenced else np.ones(origin.size, bool)
+            if heard.any():
+                c = company[heard]
                 svc = cal.cpu_per_receive_s + self.counts[n][c] * per
-                self.remote[n].append((done + cal.redis_rtt_s, svc, sent, c))
+                self.remote[n].append((arrival[heard], svc, sent[heard], c))
 
     def emit_remote(
         self,
@@ -831,27 +848,23 @@ class Simulation:
         cal, base = self.cal, self.cal.base_latency_s
         # the stock path's pushes, one add for all of this slice's remote jobs (a 50-node run has tens of
         # thousands of them a second): per job j, start[j] + receive + k * per recipient + base, k = 1..
-        firsts, sents, groups = [], [], []
-        for j in np.flatnonzero(k_all == JOB_REMOTE):
-            sent, company = remote[2][i_all[j]], remote[3][i_all[j]]
-            members = self.members(n, int(company))
-            self.events_out += members.size
-            if self.batched:
-                self.nodes[n].pending.setdefault(int(company), []).append(np.array([sent, done[j]]))
-                continue
-            self.packets_out += members.size
-            if self.fast or not members.size:
-                continue  # its writes are a job of their own (emit_writes)
-            firsts.append(start[j] + cal.cpu_per_receive_s)
-            sents.append(sent)
-            groups.append(members)
-        if groups:
-            sizes = np.array([g.size for g in groups])
-            ends = np.cumsum(sizes)
-            k = np.arange(int(ends[-1])) - np.repeat(ends - sizes, sizes) + 1
-            when = np.repeat(np.array(firsts), sizes) + k * self.per_recipient + base
-            latency = when - np.repeat(np.array(sents, float), sizes)
-            self.rows.add(K["push"], when, conn=np.concatenate(groups), name=NAME["chat"], latency=latency)
+        js = np.flatnonzero(k_all == JOB_REMOTE)
+        sent, company = remote[2][i_all[js]], remote[3][i_all[js]]
+        sizes = self.counts[n][company]  # each job's members (its node's live connections of the company)
+        self.events_out += int(sizes.sum())
+        if self.batched:
+            for j, s, c in zip(js, sent, company, strict=True):
+                self.nodes[n].pending.setdefault(int(c), []).append(np.array([s, done[j]]))
+            return
+        self.packets_out += int(sizes.sum())
+        if self.fast or not sizes.any():
+            return  # the fast path's writes are a job of their own (emit_writes)
+        conn, sizes = self.members_of(n, company)
+        ends = np.cumsum(sizes)
+        k = np.arange(int(ends[-1])) - np.repeat(ends - sizes, sizes) + 1
+        when = np.repeat(start[js] + cal.cpu_per_receive_s, sizes) + k * self.per_recipient + base
+        latency = when - np.repeat(sent, sizes)
+        self.rows.add(K["push"], when, conn=conn, name=NAME["chat"], latency=latency)
 
     def run(self) -> list[np.ndarray]:
         env = self.env

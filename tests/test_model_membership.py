@@ -27,6 +27,10 @@ class Checked(Simulation):
             assert np.array_equal(self.local_members(n), want)
             for c in range(self.company.max() + 1):
                 assert np.array_equal(self.members(n, c), np.flatnonzero(here & (self.company == c)))
+            asked = np.array([2, 0, 2, 3, 1])  # several companies at once, repeats too, in the order asked
+            conn, sizes = self.members_of(n, asked)
+            assert np.array_equal(conn, np.concatenate([np.flatnonzero(here & (self.company == c)) for c in asked]))
+            assert np.array_equal(sizes, want[asked])
         Checked.checks += 1
         super().slice(t0, t1)
 
