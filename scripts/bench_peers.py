@@ -168,7 +168,7 @@ def running(kind: str, db: Path, users_file: Path, log: Path, sets: dict | None 
 def measure(kind: str, point: str, args: argparse.Namespace, work: Path, users: list[dict], users_file: Path) -> dict:
     """One point against one fresh server; returns its figures."""
     tokens = [u["token"] for u in users]
-    sets = {}
+    sets = dict(args.sets) if kind in ("baseline", "optimized") else {}
     if point == "fanout" and kind == "optimized" and args.batching_off:
         sets["batching"] = "off"
     out = work / f"{point}-{kind}"
@@ -280,6 +280,7 @@ def measure(kind: str, point: str, args: argparse.Namespace, work: Path, users: 
         )
     else:
         oks = df[df["kind"] == "connect_ok"]["t"]
+        connect_lat = df[df["kind"] == "connect_ok"]["latency_s"].to_numpy()
         starts = df[df["kind"] == "connect_start"]["t"]
         live = len(oks)
         hold_end = float(df[(df["kind"] == "sample") & (df["name"] == "end")]["t"].max())
@@ -295,6 +296,9 @@ def measure(kind: str, point: str, args: argparse.Namespace, work: Path, users: 
             rss_mb=rss / 1e6,
             rss_kb_per_conn=(rss - rss_idle) / live / 1e3 if live else float("nan"),
             connect_errors=int((df["kind"] == "connect_fail").sum()),
+            connect_ms={  # handshake to CONNECT ack, as the generator saw it
+                f"p{q}": 1000 * float(np.percentile(connect_lat, q)) if live else float("nan") for q in (50, 95, 99)
+            },
         )
     shutil.rmtree(out, ignore_errors=True)
     return res
@@ -319,7 +323,14 @@ def summarize(results: list[dict], args: argparse.Namespace) -> dict[str, dict]:
         elif r["point"] == "fanout":
             s.update({k: r[k] for k in ("push_p50_ms", "push_p95_ms", "cpu_us_per_recipient", "pushes", "expected")})
         else:
-            idle = ("connect_rate", "cpu_us_per_connect", "rss_kb_per_conn", "connected", "connect_errors")
+            idle = (
+                "connect_rate",
+                "cpu_us_per_connect",
+                "rss_kb_per_conn",
+                "connected",
+                "connect_errors",
+                "connect_ms",
+            )
             s.update({k: r[k] for k in idle})
             # taking connects as fast as they were offered: the server's rate is at least that
             s["connect_rate_lower_bound"] = r["connect_rate"] >= 0.97 * r["offered_connect_rate"]
@@ -387,6 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ramp-connect-rate", type=float, default=500.0, help="echo and fan-out points: connects/s")
     p.add_argument("--points", default="echo,fanout,idle")
     p.add_argument("--batching-off", action="store_true", help="fan-out point: optimized with batching=off")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        type=lambda kv: tuple(kv.split("=", 1)),
+        metavar="KEY=VALUE",
+        help="a setting or toggle of the lab's servers (baseline, optimized), e.g. gc_tuning=off; repeatable",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke run of the whole benchmark)")
     p.add_argument("--server-core", type=int, default=0, help="core the server is pinned to (-1: not pinned)")
     p.add_argument("--json", type=Path, help="also write every figure here")
@@ -444,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"deliveries {s['pushes']}/{s['expected']}"
             )
         if "connected" in s:
-            print(f"idle {kind:9s} connected {s['connected']} connect errors {s['connect_errors']}")
+            lat = " / ".join(f"{v:.1f}" for v in s["connect_ms"].values())
+            print(
+                f"idle {kind:9s} connected {s['connected']} connect errors {s['connect_errors']}"
+                f" connect latency p50/p95/p99 {lat} ms"
+            )
     print(f"\nload average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; took {time.monotonic() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "results": results, "loadavg": load}, indent=1))

@@ -5,7 +5,7 @@ bounded-memory projections and the old whole-DataFrame reader (tests/legacy_proj
 ratio) do not share a heap. Run each under ``flock /tmp/caplab-load.lock`` on a shared machine.
 
 - 10 000 connections x 600 s at 1 event/s each, 1 % chat, 10 nodes (``log: full``): simulate and
-  project under 2 GiB each; the projection under 30 s;
+  project under 2 GiB each, and both together under 30 s (wall clock: a busy machine can miss it);
 - 100 000 connections x 600 s at 0.5 events/s each (``log: histograms``), 50 nodes: simulate and
   project in bounded memory (under 2 GiB);
 - a synthesized 100 M-row log (written with EventWriter, 5 M rows a part) projected under 2 GiB.
@@ -117,7 +117,7 @@ def test_10k_connections_600s_full_log(tmp_path):
     record("10k x 600 s, 1 % chat, log full", figures)
     assert figures["simulate"]["peak_rss_mb"] < 2 * GIB
     assert figures["project"]["peak_rss_mb"] < 2 * GIB
-    assert figures["project"]["seconds"] < 30
+    assert figures["simulate"]["seconds"] + figures["project"]["seconds"] < 30  # simulated and projected
 
 
 def test_100k_connections_600s_histograms(tmp_path):
