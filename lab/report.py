@@ -56,6 +56,10 @@ LINE_SPACING = 1.25
 _TEXT_PATH = TextToPath()
 
 
+CLAIMS_SIZE = 7.0
+PAGE_BOTTOM = 0.05  # nothing is drawn below this fraction of the page
+
+
 def _page(title: str) -> Figure:
     fig = plt.figure(figsize=A4)
     fig.text(LEFT, 0.965, title, fontsize=15, weight="bold", va="top")
@@ -109,6 +113,15 @@ def _text(fig: Figure, y: float, lines: Sequence[str], size: float = 8.5, **kw: 
             fig.text(LEFT, y, part, fontsize=size, va="top", **kw)
             y -= _line_h(size)
     return y
+
+
+def _table_height(header: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[float], size: float) -> float:
+    """How far down ``_table`` would draw this table (title included), without drawing it."""
+    h = _line_h(size + 2) + 0.004
+    for i, row in enumerate([list(header), *[list(r) for r in rows]]):
+        cells = [_wrap(str(c), w - 2 * 0.004, size, bold=i == 0) for c, w in zip(row, widths, strict=True)]
+        h += _line_h(size, max(len(c) for c in cells)) + 2 * 0.0025
+    return h + 0.008
 
 
 def _table(
@@ -225,10 +238,25 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
         y = _text(fig, y, [f"(Grades: {CONFIDENCE_RULE}.)"], size=6.5, color="#555555")
     y = _text(fig, y - 0.006, measured_lines(summary), size=8)
     if len(labels) >= 2:
+        _title, header, rows_, widths = claims_table(summary, labels[0], labels[-1])
+        # the claims, a possible note and the footer must fit above the margin, else they go on a page of
+        # their own (a long page 1 drew the claims over the footer and off the page)
+        if y - 0.01 - _table_height(header, rows_, widths, CLAIMS_SIZE) - 0.06 < PAGE_BOTTOM:
+            page_footer(fig, y)
+            pdf.savefig(fig)
+            plt.close(fig)
+            fig = _page(f"Capacity report: {record['scenario']} (continued)")
+            y = 0.93
         y = claims_section(fig, y - 0.01, summary, labels[0], labels[-1])
+    page_footer(fig, y)
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def page_footer(fig: Figure, y: float) -> None:
     _text(
         fig,
-        max(y - 0.006, 0.05),
+        max(y - 0.006, PAGE_BOTTOM),
         [
             f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample. Runs are named by the "
             "last 6 characters of their ids; the last page lists the full ids, the next pages the evidence."
@@ -236,8 +264,6 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
         size=6.5,
         color="#555555",
     )
-    pdf.savefig(fig)
-    plt.close(fig)
 
 
 def capacity_section(
@@ -338,22 +364,25 @@ def batching_note(summary: Summary, before: str, after: str) -> str | None:
     )
 
 
-def claims_section(fig: Figure, y: float, summary: Summary, before: str, after: str) -> float:
+def claims_table(summary: Summary, before: str, after: str) -> tuple[str, list[str], list[list[str]], list[float]]:
+    """Title, header, rows and column widths of page 1's claims table."""
     _, claims = before_after(summary, before, after)
     rows = [
         [str(c.claim), f"{fmt(c.measured_before)} -> {fmt(c.measured_after)}", str(c.verdict)]
         for c in claims.itertuples()
     ]
-    y = _table(
-        fig,
-        y,
+    title = (
         f"Seed guide claims, {before} -> {after} [{short_id(summary[before].run_id)} -> "
-        f"{short_id(summary[after].run_id)}], judged at this scenario's load",
-        ["claim", "measured", "verdict: the bound (after within the claim), the improvement (vs the claimed size)"],
-        rows,
-        [0.22, 0.15, 0.51],
-        size=7,
+        f"{short_id(summary[after].run_id)}], judged at this scenario's load"
     )
+    header = ["claim", "measured", "verdict: the bound (after within the claim), the improvement (vs the claimed size)"]
+    return title, header, rows, [0.22, 0.15, 0.51]
+
+
+def claims_section(fig: Figure, y: float, summary: Summary, before: str, after: str) -> float:
+    _, claims = before_after(summary, before, after)
+    title, header, rows, widths = claims_table(summary, before, after)
+    y = _table(fig, y, title, header, rows, widths, size=CLAIMS_SIZE)
     note = batching_note(summary, before, after)
     p95 = claims[claims["key"] == "p95_ms"]
     if note and len(p95) and (p95["bound"].iloc[0] != "held" or p95["improvement"].iloc[0] != "reproduced"):

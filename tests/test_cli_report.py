@@ -506,3 +506,38 @@ def test_notebook_3_on_the_report_folder_prints_page_ones_answers(tiny_outputs, 
         for n, answer in rec["nodes"].items():
             assert f"{int(n):>6} connections: {answer['text']}" in printed
             assert answer["text"] in page
+
+
+def test_nothing_on_a_page_is_drawn_below_its_footer(tiny_outputs):
+    """Page 1 of a capacity run (two profiles x three targets, confidence, claims) drew the claims table
+    over the footer and off the page; a page that cannot hold the claims now continues on the next."""
+    from pypdf import PdfReader
+
+    from lab.report import WARMUP_RULE
+
+    _, pdf = tiny_outputs
+    sentence = (
+        f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample. Runs are named by the "
+        "last 6 characters of their ids; the last page lists the full ids, the next pages the evidence."
+    )
+    for number, page in enumerate(PdfReader(pdf).pages, start=1):
+        spots: list[tuple[float, str]] = []
+        page.extract_text(visitor_text=lambda text, cm, tm, *_: spots.append((tm[5] * cm[3] + cm[5], text)))
+        footer = [y for y, t in spots if t.startswith("Warm-up rule")]
+        if not footer:
+            continue
+        ours = [(y, t) for y, t in spots if t.strip() and t.strip() not in sentence]  # not the footer's lines
+        assert ours
+        lowest_other = min(y for y, _ in ours)
+        low = [t for y, t in ours if y <= footer[0]]
+        assert footer[0] < lowest_other, f"page {number}: {low!r} at {lowest_other:.0f} pt, not above the footer"
+
+
+def test_a_tables_measured_height_is_the_height_it_draws():
+    from lab.report import _page, _table, _table_height
+
+    fig = _page("t")
+    rows = [["a claim", "1 -> 2", "a long verdict " * 12], ["b", "3", "short"]]
+    widths = [0.22, 0.15, 0.51]
+    end = _table(fig, 0.8, "title", ["claim", "measured", "verdict"], rows, widths, size=7)
+    assert 0.8 - end == pytest.approx(_table_height(["claim", "measured", "verdict"], rows, widths, 7))
