@@ -57,6 +57,10 @@ _TEXT_PATH = TextToPath()
 
 
 CLAIMS_SIZE = 7.0
+FOOTER = (
+    f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample. Runs are named by the "
+    "last 6 characters of their ids; the last page lists the full ids, the next pages the evidence."
+)
 PAGE_BOTTOM = 0.05  # nothing is drawn below this fraction of the page
 
 
@@ -113,6 +117,11 @@ def _text(fig: Figure, y: float, lines: Sequence[str], size: float = 8.5, **kw: 
             fig.text(LEFT, y, part, fontsize=size, va="top", **kw)
             y -= _line_h(size)
     return y
+
+
+def _text_height(lines: Sequence[str], size: float) -> float:
+    """How far down ``_text`` would draw these lines."""
+    return sum(_line_h(size) * len(_wrap(line, WIDTH, size, False)) for line in lines)
 
 
 def _table_height(header: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[float], size: float) -> float:
@@ -241,7 +250,9 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
         _title, header, rows_, widths = claims_table(summary, labels[0], labels[-1])
         # the claims, a possible note and the footer must fit above the margin, else they go on a page of
         # their own (a long page 1 drew the claims over the footer and off the page)
-        if y - 0.01 - _table_height(header, rows_, widths, CLAIMS_SIZE) - 0.06 < PAGE_BOTTOM:
+        note = batching_note(summary, labels[0], labels[-1])
+        need = _table_height(header, rows_, widths, CLAIMS_SIZE) + _text_height([note] if note else [], 7.5)
+        if y - 0.01 - need - 0.006 - _text_height([FOOTER], 6.5) < PAGE_BOTTOM:
             page_footer(fig, y)
             pdf.savefig(fig)
             plt.close(fig)
@@ -257,10 +268,7 @@ def page_footer(fig: Figure, y: float) -> None:
     _text(
         fig,
         max(y - 0.006, PAGE_BOTTOM),
-        [
-            f"Warm-up rule: {WARMUP_RULE}. Percentiles: nearest rank over every sample. Runs are named by the "
-            "last 6 characters of their ids; the last page lists the full ids, the next pages the evidence."
-        ],
+        [FOOTER],
         size=6.5,
         color="#555555",
     )

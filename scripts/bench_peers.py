@@ -382,6 +382,14 @@ def table(summary: dict[str, dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def setting(text: str) -> tuple[str, str]:
+    """``--set KEY=VALUE``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. gc_tuning=off")
+    return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
@@ -403,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         dest="sets",
         action="append",
         default=[],
-        type=lambda kv: tuple(kv.split("=", 1)),
+        type=setting,
         metavar="KEY=VALUE",
         help="a setting or toggle of the lab's servers (baseline, optimized), e.g. gc_tuning=off; repeatable",
     )

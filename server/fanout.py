@@ -95,12 +95,6 @@ class LabManager(socketio.AsyncManager):
                 self.rooms.pop(namespace, None)
                 indexes.pop(namespace, None)
 
-    def get_rooms(self, sid, namespace):
-        index = self.room_index.get(namespace) if self.room_index is not None else None
-        if index is None:
-            return super().get_rooms(sid, namespace)
-        return [room for room in index.get(sid, ()) if room is not None]
-
     def initialize_now(self) -> None:
         """Initialize at server start-up rather than at the first connection (python-socketio's way),
         so a Redis node subscribes, and reports its link, before any client arrives."""
@@ -117,12 +111,18 @@ class LabManager(socketio.AsyncManager):
         return None
 
     def deliver(self, eio_sid: str, packets: list[eio_packet.Packet]) -> bool:
-        """Queue packets on one client's transport without a task; False if it is gone."""
+        """Queue packets on one client's transport without a task; False if it is gone.
+
+        The same packets go to every recipient of a fan-out. engine.io caches a packet's first encoding
+        whatever transport asked: a binary packet (a compressed batch) encoded for a websocket as bytes
+        broke a long-polling recipient's payload, which needs it as base64 text (TypeError in
+        ``Payload.encode``). A polling client gets its own copy of a binary packet."""
         sock = self.server.eio.sockets.get(eio_sid)
         if sock is None or sock.closed:
             return False
+        polling = not sock.upgraded
         for p in packets:
-            sock.queue.put_nowait(p)
+            sock.queue.put_nowait(eio_packet.Packet(p.packet_type, p.data) if polling and p.binary else p)
         return True
 
     def send_entry(self, recipients, entry: str) -> None:

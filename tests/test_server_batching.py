@@ -166,3 +166,29 @@ def on_the_grid(ticks: list[float], window: float) -> float:
 def test_on_the_grid_tells_a_fixed_rate_from_sleep_then_flush():
     assert on_the_grid([k * 0.05 + (0.004 if k % 7 == 0 else 0) for k in range(30) if k % 5], 0.05) > 0.9
     assert on_the_grid([k * 0.07 for k in range(30)], 0.05) < 0.2  # a 20 ms flush after each 50 ms sleep
+
+
+def test_a_compressed_batch_shared_with_a_websocket_client_still_encodes_for_a_polling_one():
+    """One batch's packets go to every recipient; engine.io caches a packet's first encoding, so a
+    binary (compressed) batch encoded as bytes for a websocket client broke a long-polling client's
+    payload (it needs base64 text): Payload.encode raised TypeError."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from engineio.payload import Payload
+
+    from server.batching import batch_packets
+    from server.fanout import LabManager
+
+    ws = SimpleNamespace(closed=False, upgraded=True, queue=asyncio.Queue())
+    polling = SimpleNamespace(closed=False, upgraded=False, queue=asyncio.Queue())
+    manager = LabManager()
+    manager.server = SimpleNamespace(eio=SimpleNamespace(sockets={"ws": ws, "poll": polling}))
+    packets = batch_packets(['["chat","' + "x" * 300 + '"]'], compression_threshold=100)
+    assert len(packets) == 2 and packets[1].binary  # a text head and the zlib attachment
+    assert manager.deliver("ws", packets) and manager.deliver("poll", packets)
+    for p in [ws.queue.get_nowait() for _ in range(2)]:
+        p.encode()  # the websocket writer encodes first: the attachment's cache is bytes now
+    sent = [polling.queue.get_nowait() for _ in range(2)]
+    text = Payload(packets=sent).encode()
+    assert isinstance(text, str) and "\x1eb" in text  # the attachment as base64 text
