@@ -124,13 +124,23 @@ def _text_height(lines: Sequence[str], size: float) -> float:
     return sum(_line_h(size) * len(_wrap(line, WIDTH, size, False)) for line in lines)
 
 
+PAD_X, PAD_Y = 0.004, 0.0025  # a table cell's padding
+
+
+def _table_rows(
+    header: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[float], size: float
+) -> list[tuple[list[list[str]], float]]:
+    """Each row of a table (the header first) as its cells' wrapped lines and the row's height."""
+    out = []
+    for i, row in enumerate([list(header), *[list(r) for r in rows]]):
+        cells = [_wrap(str(c), w - 2 * PAD_X, size, bold=i == 0) for c, w in zip(row, widths, strict=True)]
+        out.append((cells, _line_h(size, max(len(c) for c in cells)) + 2 * PAD_Y))
+    return out
+
+
 def _table_height(header: Sequence[str], rows: Sequence[Sequence[str]], widths: Sequence[float], size: float) -> float:
     """How far down ``_table`` would draw this table (title included), without drawing it."""
-    h = _line_h(size + 2) + 0.004
-    for i, row in enumerate([list(header), *[list(r) for r in rows]]):
-        cells = [_wrap(str(c), w - 2 * 0.004, size, bold=i == 0) for c, w in zip(row, widths, strict=True)]
-        h += _line_h(size, max(len(c) for c in cells)) + 2 * 0.0025
-    return h + 0.008
+    return _line_h(size + 2) + 0.004 + sum(h for _, h in _table_rows(header, rows, widths, size)) + 0.008
 
 
 def _table(
@@ -151,18 +161,15 @@ def _table(
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
-    pad_x, pad_y = 0.004, 0.0025
-    for i, row in enumerate([list(header), *[list(r) for r in rows]]):
-        cells = [_wrap(str(c), w - 2 * pad_x, size, bold=i == 0) for c, w in zip(row, widths, strict=True)]
-        h = _line_h(size, max(len(c) for c in cells)) + 2 * pad_y
+    for i, (cells, h) in enumerate(_table_rows(header, rows, widths, size)):
         x = LEFT
         shade = "#dde3ea" if i == 0 else "#f4f6f8" if i % 2 == 0 else "white"
         for j, (lines, w) in enumerate(zip(cells, widths, strict=True)):
             ax.add_patch(Rectangle((x, y - h), w, h, facecolor=shade, edgecolor="#9aa5b1", lw=0.4))
             color = (colors[i - 1] if colors and i > 0 and j == 0 else None) or "black"
             fig.text(
-                x + pad_x,
-                y - pad_y,
+                x + PAD_X,
+                y - PAD_Y,
                 "\n".join(lines),
                 fontsize=size,
                 va="top",
@@ -247,10 +254,11 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
         y = _text(fig, y, [f"(Grades: {CONFIDENCE_RULE}.)"], size=6.5, color="#555555")
     y = _text(fig, y - 0.006, measured_lines(summary), size=8)
     if len(labels) >= 2:
-        _title, header, rows_, widths = claims_table(summary, labels[0], labels[-1])
+        _, claims = before_after(summary, labels[0], labels[-1])
+        _title, header, rows_, widths = claims_table(summary, labels[0], labels[-1], claims)
         # the claims, a possible note and the footer must fit above the margin, else they go on a page of
         # their own (a long page 1 drew the claims over the footer and off the page)
-        note = batching_note(summary, labels[0], labels[-1])
+        note = claims_note(summary, labels[0], labels[-1], claims)
         need = _table_height(header, rows_, widths, CLAIMS_SIZE) + _text_height([note] if note else [], 7.5)
         if y - 0.01 - need - 0.006 - _text_height([FOOTER], 6.5) < PAGE_BOTTOM:
             page_footer(fig, y)
@@ -258,7 +266,7 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
             plt.close(fig)
             fig = _page(f"Capacity report: {record['scenario']} (continued)")
             y = 0.93
-        y = claims_section(fig, y - 0.01, summary, labels[0], labels[-1])
+        y = claims_section(fig, y - 0.01, summary, labels[0], labels[-1], claims)
     page_footer(fig, y)
     pdf.savefig(fig)
     plt.close(fig)
@@ -372,9 +380,10 @@ def batching_note(summary: Summary, before: str, after: str) -> str | None:
     )
 
 
-def claims_table(summary: Summary, before: str, after: str) -> tuple[str, list[str], list[list[str]], list[float]]:
+def claims_table(
+    summary: Summary, before: str, after: str, claims: pd.DataFrame
+) -> tuple[str, list[str], list[list[str]], list[float]]:
     """Title, header, rows and column widths of page 1's claims table."""
-    _, claims = before_after(summary, before, after)
     rows = [
         [str(c.claim), f"{fmt(c.measured_before)} -> {fmt(c.measured_after)}", str(c.verdict)]
         for c in claims.itertuples()
@@ -387,15 +396,20 @@ def claims_table(summary: Summary, before: str, after: str) -> tuple[str, list[s
     return title, header, rows, [0.22, 0.15, 0.51]
 
 
-def claims_section(fig: Figure, y: float, summary: Summary, before: str, after: str) -> float:
-    _, claims = before_after(summary, before, after)
-    title, header, rows, widths = claims_table(summary, before, after)
-    y = _table(fig, y, title, header, rows, widths, size=CLAIMS_SIZE)
+def claims_note(summary: Summary, before: str, after: str, claims: pd.DataFrame) -> str | None:
+    """The batching note under the claims, when the p95 claim is not both held and reproduced."""
     note = batching_note(summary, before, after)
     p95 = claims[claims["key"] == "p95_ms"]
     if note and len(p95) and (p95["bound"].iloc[0] != "held" or p95["improvement"].iloc[0] != "reproduced"):
-        y = _text(fig, y, [note], size=7.5)
-    return y
+        return note
+    return None
+
+
+def claims_section(fig: Figure, y: float, summary: Summary, before: str, after: str, claims: pd.DataFrame) -> float:
+    title, header, rows, widths = claims_table(summary, before, after, claims)
+    y = _table(fig, y, title, header, rows, widths, size=CLAIMS_SIZE)
+    note = claims_note(summary, before, after, claims)
+    return _text(fig, y, [note], size=7.5) if note else y
 
 
 def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:

@@ -279,8 +279,8 @@ def measure(kind: str, point: str, args: argparse.Namespace, work: Path, users: 
             cpu_pct=100 * cpu / (w1 - w0),
         )
     else:
-        oks = df[df["kind"] == "connect_ok"]["t"]
-        connect_lat = df[df["kind"] == "connect_ok"]["latency_s"].to_numpy()
+        ok_rows = df[df["kind"] == "connect_ok"]
+        oks, connect_lat = ok_rows["t"], ok_rows["latency_s"].to_numpy()
         starts = df[df["kind"] == "connect_start"]["t"]
         live = len(oks)
         hold_end = float(df[(df["kind"] == "sample") & (df["name"] == "end")]["t"].max())
