@@ -26,6 +26,7 @@ from model.calibrate import calibrate
 from model.usl import fit_usl
 from model.validate import bands_text, validate
 
+from .passes import adapted, cross_references, pass_groups
 from .progress import log
 from .scenario import NODE_RAMP_CONNECT_RATE, NODE_RAMP_HOLD_S, NODE_RAMP_TARGETS, Scenario, SimulateSpec, SweepSpec
 
@@ -252,28 +253,31 @@ Models = dict[str, tuple[Calibration, Workload]]  # label -> calibration and the
 def calibrate_measured(
     sc: Scenario, sim: SimulateSpec, measured: list[Path], runs_root: Path, out_dir: Path, record: dict
 ) -> Models:
-    """'compare': per measured run, fit on its first half and validate on the held-out steps, then fit
-    on all of it for extrapolation; writes validation.csv and the calibration files."""
+    """'compare': per configuration (a run, or the passes ``NAME.K`` of one: ``lab.passes``), fit on
+    the first half of the steps and validate every step against the measured mean and spread, then
+    fit on all of it for extrapolation; a configuration that differs from another only in what the
+    model represents is also predicted from the other's calibration. Writes validation.csv and the
+    calibration files."""
     models: Models = {}
     validations = []
-    for run_dir in measured:
-        run = read_run(run_dir)
-        label = run.manifest.label or run.run_id
-        t_end, fit_steps = fit_window(run)
-        log(f"calibrating {label} on steps {fit_steps} of {run.run_id} ...")
+    groups = pass_groups([read_run(p) for p in measured])
+    reps = min(3, sim.replications)
+    for label, runs in groups.items():
+        t_end, fit_steps = fit_window(runs[0])
+        log(f"calibrating {label} on steps {fit_steps} of {', '.join(r.run_id for r in runs)} ...")
         try:
-            held_cal = calibrate([truncated(run, t_end)])
+            held_cal = calibrate([truncated(run, t_end) for run in runs])
         except ValueError as exc:
             log(f"  no held-out validation for {label}: {exc}")
             record.setdefault("not_validated", {})[label] = str(exc)
         else:
-            v = validate(held_cal, run, runs_root, sc.slo, replications=min(3, sim.replications), seed=sim.seed)
+            v = validate(held_cal, runs, runs_root, sc.slo, replications=reps, seed=sim.seed)
             v.insert(0, "label", label)
             v["held_out"] = ~v["step"].isin(fit_steps)
             validations.append(v)
             record["simulated"] += v.attrs.get("simulated_runs", [])
         try:
-            cal = calibrate([run])  # all steps, for extrapolation
+            cal = calibrate(runs)  # all steps, for extrapolation
         except ValueError as exc:
             log(f"  cannot calibrate {label}: {exc}; no simulation for it")
             record.setdefault("not_calibrated", {})[label] = str(exc)
@@ -284,12 +288,23 @@ def calibrate_measured(
             record.setdefault("fit_warnings", {})[label] = warnings
             for w in warnings:
                 log(f"  fit warning ({label}): {w}")
-        models[label] = (cal, Workload.from_manifest(run.manifest))
-        st = step_table(run, sc.slo)
+        models[label] = (cal, Workload.from_manifest(runs[0].manifest))
+        st = pd.concat([step_table(run, sc.slo) for run in runs], ignore_index=True)
         try:
             record.setdefault("usl", {})[label] = fit_usl(st["target"].to_numpy(), st["throughput_eps"].to_numpy())
         except (ValueError, RuntimeError) as exc:
             record.setdefault("usl", {})[label] = {"error": str(exc)}
+    for label, ref in cross_references(groups).items():
+        if ref not in models:
+            continue
+        name = f"{label} from {ref}"
+        log(f"predicting {label} from the calibration of {ref} (never fitted on {label}) ...")
+        v = validate(adapted(models[ref][0], groups[label][0]), groups[label], runs_root, sc.slo, reps, sim.seed)
+        v.insert(0, "label", name)
+        v["held_out"] = True
+        validations.append(v)
+        record["simulated"] += v.attrs.get("simulated_runs", [])
+        record.setdefault("cross_configuration", {})[name] = {"configuration": label, "calibration": ref}
     if validations:
         pd.concat(validations, ignore_index=True).to_csv(out_dir / "validation.csv", index=False)
     return models

@@ -1,20 +1,21 @@
-"""Validation over repeated passes (issue 11): the runs of one configuration measured several times.
+"""Repeated passes and cross-configuration prediction (issue 11).
 
 A scenario lists each pass as a server of its own, labelled ``NAME.K`` (``scenarios/validation.yaml``
-interleaves them, so slow drifts of the machine spread over every configuration). Here the passes
-of ``NAME`` are pooled: one calibration fitted on the design half of every pass, then the held-out
-steps validated against the passes' mean with their spread (``model.validate``).
+interleaves them, so slow drifts of the machine spread over every configuration). The passes of
+``NAME`` are one configuration: ``lab.modelling.calibrate_measured`` fits one calibration on the
+design half of all of them and judges every step against the passes' mean with their spread.
+
+A configuration that differs from another of the same profile only in what the model represents
+(the ``batching`` toggle, the node count) is also predicted from that other configuration's
+calibration, never having been fitted on: the cross-configuration check.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from eventlog import Run
+from model import Calibration
 
-import pandas as pd
-
-from eventlog import SLO, Run, read_run
-from model.calibrate import calibrate
-from model.validate import validate
+MODELLED_TOGGLES = ("batching",)  # toggles the model switches on a calibration fitted without them
 
 
 def group_of(label: str) -> str:
@@ -24,29 +25,38 @@ def group_of(label: str) -> str:
 
 
 def pass_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs by configuration, in the order they first appear."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(group_of(run.manifest.label or run.run_id), []).append(run)
     return groups
 
 
-def validate_passes(
-    measured: list[Path], runs_root: Path, out_dir: Path, slo: SLO, replications: int = 3, seed: int = 1
-) -> pd.DataFrame:
-    """Per configuration: fit on the first half of the steps of all its passes, validate every step
-    against the passes' mean; writes ``validation-passes.csv`` and ``calibration-NAME.json``."""
-    from .modelling import fit_window, truncated
+def _config(run: Run) -> tuple[str, dict[str, bool], int]:
+    server = run.manifest.server
+    return run.manifest.profile, dict(server.toggles) if server else {}, run.manifest.nodes
 
-    tables = []
-    for name, runs in pass_groups([read_run(p) for p in measured]).items():
-        t_end, fit_steps = fit_window(runs[0])
-        cal = calibrate([truncated(r, t_end) for r in runs])
-        cal.save(out_dir / f"calibration-{name}.json")
-        v = validate(cal, runs, runs_root, slo, replications=replications, seed=seed)
-        v.insert(0, "label", name)
-        v["held_out"] = ~v["step"].isin(fit_steps)
-        v["fit_warnings"] = "; ".join(cal.fit_warnings())
-        tables.append(v)
-    out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    out.to_csv(out_dir / "validation-passes.csv", index=False)
-    return out
+
+def cross_references(groups: dict[str, list[Run]]) -> dict[str, str]:
+    """Configuration -> the one-node configuration of the same profile it can be predicted from: the
+    two differ only in ``MODELLED_TOGGLES`` and the node count, and in at least one of them."""
+    refs: dict[str, str] = {}
+    for name, runs in groups.items():
+        profile, toggles, nodes = _config(runs[0])
+        for other, oruns in groups.items():
+            oprofile, otoggles, onodes = _config(oruns[0])
+            if other == name or oprofile != profile or onodes != 1:
+                continue
+            keys = set(toggles) | set(otoggles)
+            differ = {k for k in keys if bool(toggles.get(k)) != bool(otoggles.get(k))}
+            if differ <= set(MODELLED_TOGGLES) and (differ or nodes != onodes):
+                refs[name] = other
+                break
+    return refs
+
+
+def adapted(cal: Calibration, run: Run) -> Calibration:
+    """``cal`` with ``run``'s server toggles (the model reads ``batching`` and the fan-out toggles);
+    the node count comes from the run's manifest when it is simulated."""
+    toggles = dict(run.manifest.server.toggles) if run.manifest.server else dict(cal.toggles)
+    return cal.model_copy(update={"toggles": toggles, "batching": bool(toggles.get("batching"))})

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.textpath import TextToPath
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from eventlog import SLO, WARMUP_RULE, Run, steps, timeseries
 from eventlog.capacity import node_capacity_text
@@ -195,7 +195,11 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
     model, summary = out["model"], out["summary"]
     labels = list(summary)
     capacity, validation = out["capacity"], out["validation"]
-    everyone = list(dict.fromkeys([*labels, *(model.get("capacity") or {}), *(model.get("calibrations") or {})]))
+    everyone = list(
+        dict.fromkeys(
+            [*labels, *(model.get("capacity") or {}), *(model.get("calibrations") or {}), *_labels(validation)]
+        )
+    )
     colors = profile_colors(everyone)
     pdf_path = Path(pdf_path) if pdf_path else out_dir / "report.pdf"
     with PdfPages(pdf_path) as pdf:
@@ -212,8 +216,14 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
             sweep_page(pdf, out["sweep"], model.get("sweep") or {}, _slo(summary))
         if model:
             model_page(pdf, model, validation, summary)
+        if not validation.empty:
+            validation_page(pdf, validation, colors)
         manifests_page(pdf, out)
     return pdf_path
+
+
+def _labels(validation: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(validation["label"])) if "label" in validation else []
 
 
 def _slo(summary: Summary) -> SLO:
@@ -779,6 +789,7 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
                     fmt(
                         float(np.nanmedian(np.abs(g["error_pct"]))) if g["error_pct"].notna().any() else None, "{:.2g}"
                     ),
+                    spread_text(g),
                 ]
             )
         measured_ids = ", ".join(f"{k} {s.run_id}" for k, s in summary.items())
@@ -786,10 +797,13 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             fig,
             y - 0.01,
             [
-                f"Each measured run ({measured_ids}) simulated by the model fitted on its first half: "
-                "steps 'fitted on' were seen by the fit, 'held out' were not. 'Within band' counts a miss inside "
-                "the measurement's own noise as held; steps where a band does not apply (saturated, or an open-loop "
-                "throughput the generator sets) are not testable."
+                f"Each configuration (measured: {measured_ids}) simulated by the model fitted on the first half of "
+                "its steps, over all its passes (runs labelled NAME.1, NAME.2, ...): steps 'fitted on' were seen by "
+                "the fit, 'held out' were not; 'X from Y' is configuration X predicted from Y's calibration, never "
+                "fitted on X. Each prediction is judged against the passes' mean; 'spread' is the passes' median "
+                "standard deviation over their mean. 'Within band' counts a miss inside the measured mean's own 95 % "
+                "uncertainty as held; steps where a band does not apply (saturated, or an open-loop throughput the "
+                "generator sets) are not testable."
             ],
             size=7.5,
         )
@@ -797,11 +811,100 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             fig,
             y - 0.004,
             "Validation per profile and metric: steps within the band fixed before fitting",
-            ["profile", "metric", "steps", "within band", "band %", "median |error| %"],
+            ["configuration", "metric", "steps", "within band", "band %", "median |error| %", "spread %"],
             rows,
-            [0.14, 0.18, 0.14, 0.14, 0.12, 0.16],
+            [0.2, 0.15, 0.1, 0.15, 0.07, 0.12, 0.13],
             size=7,
         )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def spread_text(g: pd.DataFrame) -> str:
+    """The passes' median spread in % over the rows ``g``, or '1 run' when there was one pass."""
+    if "passes" not in g or g["passes"].max() < 2 or not g["spread_pct"].notna().any():
+        return "1 run"
+    return f"{float(np.nanmedian(g['spread_pct'])):.2g} ({int(g['passes'].max())} runs)"
+
+
+VALIDATION_METRICS = ("cpu_pct", "p95_ms", "memory_mb", "throughput_eps")
+EDGE = 150.0  # % error drawn at most; larger ones sit on the edge
+
+
+def validation_page(pdf: PdfPages, validation: pd.DataFrame, colors: Mapping[str, str]) -> None:
+    """Every validated step against its band: the prediction's error per step and metric, the band
+    shaded, and the measured mean's own 95 % uncertainty as the error bar (the passes' spread)."""
+    fig = _page("Validation per step: prediction error, band and noise")
+    v = validation[validation["metric"].isin(VALIDATION_METRICS)]
+    v = v.assign(**{c: v[c] if c in v else d for c, d in (("noise_pct", 0.0), ("held_out", True))})  # older files
+    labels = list(dict.fromkeys(v["label"]))
+    axes = fig.subplots(2, 2, gridspec_kw={"left": 0.09, "right": 0.97, "top": 0.86, "bottom": 0.2, "hspace": 0.35})
+    for ax, metric in zip(axes.flat, VALIDATION_METRICS, strict=True):
+        m = v[v["metric"] == metric]
+        band = float(m["band_pct"].iloc[0]) if len(m) else 0.0
+        ax.axhspan(-band, band, color="0.85", zorder=0, label=f"band +-{band:.0f} %")
+        ax.axhline(0, color="0.5", lw=0.6)
+        for i, label in enumerate(labels):
+            g = m[m["label"] == label]
+            tested = ~g["verdict"].isin(NOT_TESTED)
+            x = g["step"].to_numpy(float) + (i - (len(labels) - 1) / 2) * 0.8 / max(1, len(labels))
+            err = np.nan_to_num(g["noise_pct"].to_numpy(float))
+            color = colors.get(label) or colors.get(label.split(" from ")[0], "k")
+            for sel, face in (
+                (tested & g["held_out"].astype(bool), color),
+                (tested & ~g["held_out"].astype(bool), "w"),
+            ):
+                ax.errorbar(
+                    x[sel],
+                    np.clip(g["error_pct"].to_numpy(float)[sel], -EDGE, EDGE),
+                    yerr=err[sel],
+                    fmt="o",
+                    ms=3.5,
+                    mfc=face,
+                    mec=color,
+                    ecolor=color,
+                    elinewidth=0.8,
+                    capsize=1.5,
+                    lw=0,
+                    label=label if face is color else None,
+                )
+        if (~m["verdict"].isin(NOT_TESTED)).sum() == 0:
+            ax.text(
+                0.5,
+                0.5,
+                "no step where this band applies",
+                ha="center",
+                va="center",
+                fontsize=7,
+                transform=ax.transAxes,
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"{METRIC_NAMES.get(metric, metric)}: prediction error %", fontsize=8)
+        ax.set_xlabel("step", fontsize=7)
+        ax.tick_params(labelsize=7)
+        lim = max(3 * band, float(np.nanmax(np.abs(m["error_pct"]))) * 1.1 if m["error_pct"].notna().any() else 0)
+        ax.set_ylim(-min(lim, EDGE) * 1.05, min(lim, EDGE) * 1.05)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        names,
+        loc="lower center",
+        ncol=min(4, len(names)),
+        fontsize=7,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.09),
+    )
+    _text(
+        fig,
+        0.075,
+        [
+            "Filled: held-out steps; hollow: steps the fit saw. Error bars: the measured mean's 95 % uncertainty "
+            "(from the passes' spread; a single run's throughput: its Poisson count). Steps where the band does not "
+            "apply (saturated p95, throughput below saturation) are left out; errors beyond +-150 % sit on the edge. "
+            "The rows are reports/NAME/validation.csv."
+        ],
+        size=7,
+    )
     pdf.savefig(fig)
     plt.close(fig)
 

@@ -546,3 +546,22 @@ def test_a_tables_measured_height_is_the_height_it_draws():
     widths = [0.22, 0.15, 0.51]
     end = _table(fig, 0.8, "title", ["claim", "measured", "verdict"], rows, widths, size=7)
     assert 0.8 - end == pytest.approx(_table_height(["claim", "measured", "verdict"], rows, widths, 7))
+
+
+def test_validation_shows_each_step_against_its_band_with_the_passes_spread(tiny_outputs, tmp_path):
+    """Passes of one configuration: the model page states their spread, and a page plots every
+    validated step's error against its band with the measured mean's uncertainty."""
+    out, _ = tiny_outputs
+    copy = tmp_path / "tiny"
+    shutil.copytree(out, copy)
+    v = pd.read_csv(copy / "validation.csv")
+    v = v.assign(passes=3, spread_pct=7.0, noise_pct=17.4)
+    cross = v[v["label"] == "optimized"].assign(label="no-batching from optimized", held_out=True)
+    pd.concat([v, cross]).to_csv(copy / "validation.csv", index=False)
+    res = caplab("report", str(copy))
+    assert res.returncode == 0, res.stderr
+    pages = [" ".join(p.extract_text().split()) for p in PdfReader(copy / "report.pdf").pages]
+    model = next(p for p in pages if p.startswith("Model: validation"))
+    assert "spread %" in model and "7 (3 runs)" in model and "no-batching from optimized" in model
+    steps = next(p for p in pages if "Validation per step: prediction error, band and noise" in p)
+    assert "CPU" in steps and "no-batching from optimized" in steps and "band +-5 %" in steps

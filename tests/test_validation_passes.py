@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import json
+from types import SimpleNamespace
+
+import pandas as pd
 
 from eventlog import SLO
 from eventlog.manifest import ServerRecord
-from lab.passes import group_of, validate_passes
-from lab.scenario import load_scenario
+from lab.modelling import calibrate_measured
+from lab.passes import adapted, cross_references, group_of, pass_groups
+from lab.scenario import SimulateSpec, load_scenario
 from model import Calibration, Workload, simulate
 
 
@@ -30,8 +34,23 @@ def test_the_validation_scenario_designs_its_steps_and_repeats_each_configuratio
     assert [s.connections for s in steps] == sorted(s.connections for s in steps)  # never falls
 
 
-def test_passes_are_pooled_by_label(tmp_path):
-    truth = Calibration(cpu_per_event_s=0.0005, cpu_idle_s_per_s=0.02, cpu_per_connection_s_per_s=2e-5)
+def _stand_in(d, toggles=None):
+    """A simulated run made to look measured: source and the server record a measured run has."""
+    m = json.loads((d / "manifest.json").read_text())
+    m["source"], m["server"] = "measured", ServerRecord(settings=SETTINGS, toggles=toggles or {}).model_dump()
+    (d / "manifest.json").write_text(json.dumps(m))
+    return d
+
+
+def _compare(tmp_path, dirs):
+    sim = SimulateSpec(connections=[100], replications=2)  # calibrate_measured reads the SLO and this only
+    sc = SimpleNamespace(slo=SLO(), simulate=sim)
+    record: dict = {"simulated": [], "calibrations": {}}
+    models = calibrate_measured(sc, sim, dirs, tmp_path / "sim", tmp_path, record)
+    return models, record, pd.read_csv(tmp_path / "validation.csv")
+
+
+def test_passes_are_pooled_by_label_and_a_node_count_is_predicted_from_one_node(tmp_path):
     wl = Workload(
         steps=[
             {"connections": 20, "hold_s": 10, "events_per_second": 50},
@@ -43,18 +62,47 @@ def test_passes_are_pooled_by_label(tmp_path):
         mix={"echo": 1.0},
         connect_rate=1000,
     )
-    dirs = [simulate(truth, wl, tmp_path / "m", seed=k, extra={"label": f"cfg.{k}"}) for k in (1, 2, 3)]
-    for d in dirs:  # stand-ins for measured passes, with the server settings a measured run records
-        m = json.loads((d / "manifest.json").read_text())
-        m["source"], m["server"] = "measured", ServerRecord(settings=SETTINGS).model_dump()
-        (d / "manifest.json").write_text(json.dumps(m))
-    v = validate_passes(dirs, tmp_path / "sim", tmp_path, SLO(), replications=2)
-    assert set(v["label"]) == {"cfg"} and (v["passes"] == 3).all()
-    assert (tmp_path / "calibration-cfg.json").exists() and (tmp_path / "validation-passes.csv").exists()
-    cpu = v[(v["metric"] == "cpu_pct") & v["held_out"]]
+    one = [simulate(TRUTH, wl, tmp_path / "m", seed=k, extra={"label": f"cfg.{k}"}) for k in (1, 2, 3)]
+    two = [simulate(TRUTH, wl, tmp_path / "m", seed=k, nodes=2, extra={"label": f"two.{k}"}) for k in (4, 5)]
+    models, record, v = _compare(tmp_path, [_stand_in(d) for d in one + two])
+    assert set(models) == {"cfg", "two"}  # one calibration per configuration, not per pass
+    assert (tmp_path / "calibration-cfg.json").exists() and not (tmp_path / "calibration-cfg.1.json").exists()
+    assert set(v["label"]) == {"cfg", "two", "two from cfg"}
+    assert (v[v["label"] == "cfg"]["passes"] == 3).all() and (v[v["label"] == "two"]["passes"] == 2).all()
+    assert v[v["label"] == "cfg"]["spread_pct"].notna().any()  # the passes' spread is stated
+    cpu = v[(v["metric"] == "cpu_pct") & v["held_out"] & (v["label"] == "cfg")]
     assert len(cpu) == 2 and (cpu["verdict"] == "within band").all()
+    # two nodes, never fitted on: every step held out, CPU from the one-node calibration within its band
+    cross = v[v["label"] == "two from cfg"]
+    assert cross["held_out"].all() and len(cross[cross["metric"] == "cpu_pct"]) == 4
+    assert (cross[cross["metric"] == "cpu_pct"]["verdict"] == "within band").all()
+    assert record["cross_configuration"] == {"two from cfg": {"configuration": "two", "calibration": "cfg"}}
 
 
+def test_cross_references_take_only_what_the_model_represents(tmp_path):
+    def run(label, toggles, nodes=1):
+        return SimpleNamespace(
+            run_id=label,
+            manifest=SimpleNamespace(
+                label=label, profile="optimized", nodes=nodes, server=ServerRecord(toggles=toggles)
+            ),
+        )
+
+    on = {"batching": True, "fast_json": True}
+    groups = pass_groups(
+        [
+            run("opt.1", on),
+            run("nb.1", {**on, "batching": False}),  # batching: modelled
+            run("two.1", on, nodes=2),  # nodes: modelled
+            run("nojson.1", {**on, "fast_json": False}),  # inside the fitted costs only: not predicted
+        ]
+    )
+    assert cross_references(groups) == {"nb": "opt", "two": "opt", "opt": "nb"}
+    cal = adapted(TRUTH.model_copy(update={"batching": True, "toggles": on}), groups["nb"][0])
+    assert cal.batching is False and cal.toggles["fast_json"] is True
+
+
+TRUTH = Calibration(cpu_per_event_s=0.0005, cpu_idle_s_per_s=0.02, cpu_per_connection_s_per_s=2e-5)
 SETTINGS = {
     "flush_interval_ms": 100.0,
     "batch_size": 50,
