@@ -13,6 +13,10 @@
   expon), the best by the Kolmogorov-Smirnov statistic; when even the best is rejected (p < 0.05),
   the empirical distribution (its quantiles) instead.
 - Base latency: median ack latency of the first step's counted window, less the CPU per event.
+- Stock room emits: the share of each recipient's cost spent before the first write, from when a
+  fan-out's first push arrives.
+- The measuring client: the load generator's CPU per message it sends or reads, from its own CPU
+  counter; the model queues the generator's messages on it only when it predicts a measured run.
 """
 
 from __future__ import annotations
@@ -249,6 +253,60 @@ def empirical_cdf(quantiles: list[float]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.interp(x, q, levels)
 
 
+CLIENT_MESSAGES = ("send", "ack", "push", "recovered")
+
+
+def fit_client(df: pd.DataFrame) -> tuple[float, dict]:
+    """The measuring generator's CPU per message it sends or reads: least squares (non-negative, with
+    an intercept for its own upkeep) of its per-interval CPU rate on messages per second, over the
+    intervals of its CPU counter (``gen_cpu_seconds:<worker>``, summed over workers). With W workers
+    the model's one client loop serves each message in 1/W of that (W loops side by side)."""
+    from eventlog.schema import GEN_CPU
+
+    g = df[(df["kind"] == "sample") & df["name"].astype(str).str.startswith(GEN_CPU)]
+    series = [x.sort_values("t") for _, x in g.groupby([g["name"].astype(str), "conn"]) if len(x) >= 3]
+    if not series:
+        return 0.0, {"intervals": 0, "why": "no generator CPU samples"}
+    t = series[0]["t"].to_numpy(float)  # the workers are sampled together; the first one's clock
+    cpu = sum(np.interp(t, x["t"].to_numpy(float), x["value"].to_numpy(float)) for x in series)
+    m = df[df["kind"].isin(CLIENT_MESSAGES)]
+    weight = m["value"].fillna(1.0).to_numpy(float) if "value" in m else None
+    counts = np.histogram(m["t"].to_numpy(float), bins=t, weights=weight)[0]
+    dt = np.diff(t)
+    ok = dt > 0
+    x, y = counts[ok] / dt[ok], np.diff(cpu)[ok] / dt[ok]
+    if x.size < 3 or np.ptp(x) == 0:
+        return 0.0, {"intervals": int(x.size), "why": "the message rate never moved"}
+    (idle, per_msg), _ = optimize.nnls(np.column_stack([np.ones_like(x), x]), y)
+    resid = y - idle - per_msg * x
+    r2 = 1 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum()) if np.ptp(y) else float("nan")
+    return float(per_msg) / len(series), {
+        "intervals": int(x.size),
+        "workers": len(series),
+        "idle_cpu_s_per_s": float(idle),
+        "per_message_s": float(per_msg),
+        "r2": r2,
+    }
+
+
+def fit_stock_enqueue(df: pd.DataFrame, cpu: dict, base: float) -> tuple[float, dict]:
+    """Stock room emits (python-socketio 5, no fast fan-out): the share of the per-recipient cost spent
+    before the first recipient's write (every recipient's send task is created and run first). The
+    first push of a fan-out to n arrives at event + (n share + 1 - share) per-recipient + base, so
+    share = (first - base - event - d) / ((n - 1) d), the median over the runs' fan-outs (n >= 2)."""
+    d = cpu["cpu_per_delivery_s"] + cpu["cpu_per_packet_s"]
+    push = df[df["kind"] == "push"]
+    if push.empty or d <= 0:
+        return 0.0, {"fan_outs": 0}
+    g = push.groupby((push["t"] - push["latency_s"]).round(6))["latency_s"]
+    n, first = g.size(), g.min()
+    n, first = n[n >= 2], first[n >= 2]
+    if n.empty:
+        return 0.0, {"fan_outs": 0}
+    share = (first - base - cpu["cpu_per_event_s"] - d) / ((n - 1) * d)
+    return float(np.clip(share.median(), 0.0, 1.0)), {"fan_outs": int(n.size), "median_recipients": float(n.median())}
+
+
 def base_latency(df: pd.DataFrame, cpu_per_event: float) -> float:
     st = steps(df)
     acks = df[df["kind"] == "ack"]
@@ -284,6 +342,10 @@ def calibrate(runs: list[Run]) -> Calibration:
     mem_base, mem_conn, mem_q = fit_memory(r)
     gc = fit_gc(events, r, cpu_excluded=cpu_q["gc_excluded"])
     base = float(np.median([base_latency(run.events, cpu["cpu_per_event_s"]) for run in runs]))
+    client = [fit_client(run.events) for run in runs]
+    stock = not (batching or toggles.get("fast_fanout") or toggles.get("recovery"))
+    enqueue = [fit_stock_enqueue(run.events, cpu, base) for run in runs] if stock else [(0.0, {"stock": False})]
+    client_s = float(np.median([c for c, _ in client]))
     assumptions = [
         "service times are gamma distributed with coefficient of variation 1 (not fitted)",
         "per-event CPU is one mean over the measured event mix",
@@ -303,6 +365,8 @@ def calibrate(runs: list[Run]) -> Calibration:
         toggles=toggles,
         **(cpu | {"cpu_per_event_s": max(cpu["cpu_per_event_s"], 1e-7)}),
         base_latency_s=base,
+        client_cpu_per_message_s=client_s,
+        stock_enqueue_share=float(np.median([e for e, _ in enqueue])),
         memory_base_bytes=mem_base,
         memory_per_connection_bytes=mem_conn,
         gc=gc,
@@ -317,6 +381,12 @@ def calibrate(runs: list[Run]) -> Calibration:
         recovery_window_s=settings.get("recovery_window_s", 0.0),
         recovery_max_events=settings.get("recovery_max_events", 0),
         source_runs=[run.run_id for run in runs],
-        fit={"cpu": cpu_q, "memory": mem_q, "units": {"cpu": "seconds of loop time", "memory": "bytes"}},
+        fit={
+            "cpu": cpu_q,
+            "memory": mem_q,
+            "client": [q for _, q in client],
+            "stock_enqueue": [q for _, q in enqueue],
+            "units": {"cpu": "seconds of loop time", "memory": "bytes"},
+        },
         assumptions=assumptions,
     )

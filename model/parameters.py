@@ -44,8 +44,23 @@ class Calibration(BaseModel):
     cpu_per_connection_s_per_s: float = Field(0.0, ge=0, description="heartbeats and upkeep per live connection")
     cpu_per_publish_s: float = Field(0.0, ge=0, description="per room event published to Redis, on its node")
     cpu_per_receive_s: float = Field(0.0, ge=0, description="per room event heard from Redis, on every node")
+    stock_enqueue_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="stock room emit (no fast fan-out): share of the per-recipient cost spent creating and running "
+        "every recipient's send task before the first write (fitted from when the first push arrives)",
+    )
     service_cv: float = Field(1.0, ge=0, description="coefficient of variation of service times (gamma)")
     base_latency_s: float = Field(0.0, ge=0, description="client + kernel time outside the server loop")
+    client_cpu_per_message_s: float = Field(
+        0.0, ge=0, description="the measuring load generator's CPU per message it sends or reads (its own counter)"
+    )
+    measured_client: bool = Field(
+        False,
+        description="simulate the measuring generator's loop as a queue (when predicting a measured run); "
+        "production clients are many machines, so capacity answers leave it out",
+    )
     redis_rtt_s: float = Field(0.0005, ge=0)
     # memory
     memory_base_bytes: float = Field(0.0, ge=0)

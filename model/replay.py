@@ -77,7 +77,9 @@ class Trace:
 
 
 def replay(cal: Calibration, measured: Run, out: Path | str, seed: int = 1, nodes: int | None = None) -> Path:
-    """Simulate ``measured``'s exact arrivals with ``cal``; one run folder (source 'simulated')."""
+    """Simulate ``measured``'s exact arrivals with ``cal``; one run folder (source 'simulated'). The
+    measuring client's loop is part of what was measured, so it is simulated too."""
+    cal = cal.model_copy(update={"measured_client": True})
     trace = Trace.from_run(measured)
     wl = Workload.from_manifest(measured.manifest)
     nodes = nodes or measured.manifest.nodes or 1

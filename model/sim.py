@@ -152,6 +152,29 @@ def merged_rows(cols: list[np.ndarray]) -> list[np.ndarray]:
     return [np.concatenate([c[keep], x.astype(c.dtype)]) for c, x in zip(cols, merged, strict=True)]
 
 
+CLIENT_IN = np.array([K[k] for k in ("ack", "push", "recovered")])  # messages the client reads
+
+
+def client_queue(cols: list[np.ndarray], service_s: float, free_at: float) -> float:
+    """The measuring client's own loop (issue 11): one FIFO server that sends every ``send`` and reads
+    every ack and push, ``service_s`` each (a sampled row stands for ``value`` messages). A message
+    the client reads while busy waits; that wait is added to its time and latency in place (the base
+    latency already holds one message's own reading). Rows are taken in time order from ``free_at``,
+    when the loop was last busy until; returns the new one."""
+    t, kind, lat, value = cols[0], cols[1], cols[5], cols[7]
+    jobs = np.flatnonzero(np.isin(kind, CLIENT_IN) & ~np.isnan(lat) | (kind == K["send"]))
+    if jobs.size == 0:
+        return free_at
+    jobs = jobs[np.argsort(t[jobs], kind="stable")]
+    s = service_s * np.where(np.isnan(value[jobs]), 1.0, value[jobs])
+    done = lindley(t[jobs], s, free_at)
+    wait = np.maximum(0.0, done - s - t[jobs])
+    read = kind[jobs] != K["send"]
+    t[jobs[read]] += wait[read]
+    lat[jobs[read]] += wait[read]
+    return float(done[-1])
+
+
 class Rows:
     """Column chunks, concatenated at the end, or handed to ``sink`` every ``flush_rows`` rows (the
     run's parts are written as it goes, so a long run never holds all its rows). ``log``: every row
@@ -159,13 +182,16 @@ class Rows:
     into weighted histogram rows ("histograms", ``merged_rows``); connects, disconnects, errors
     without a latency and samples are always logged whole."""
 
-    def __init__(self, sink: Callable[[list[np.ndarray]], None] | None = None, log: str = "full") -> None:
+    def __init__(
+        self, sink: Callable[[list[np.ndarray]], None] | None = None, log: str = "full", client_s: float = 0.0
+    ) -> None:
         if log not in LOG_MODES:
             raise ValueError(f"log {log!r}: one of {', '.join(LOG_MODES)}")
         self.chunks: list[tuple] = []
         self.n = 0
         self.sink, self.log = sink, log
         self.flush_rows = 2_000_000
+        self.client_s, self.client_free = client_s, 0.0
 
     DTYPES = (np.float64, np.int8, np.int32, np.int16, np.int32, np.float64, np.int32, np.float64)
 
@@ -208,6 +234,8 @@ class Rows:
                 column[pos : pos + n] = value  # a scalar broadcasts in place
             pos += n
         self.chunks, self.n = [], 0
+        if self.client_s > 0:
+            self.client_free = client_queue(out, self.client_s, self.client_free)
         return merged_rows(out) if self.log == "histograms" else out
 
 
@@ -317,7 +345,8 @@ class Simulation:
         # with recovery on Redis every room emit is sequenced: its own node delivers it, like the others,
         # only when the channel brings it back (a receive there too), not from the handler
         self.sequenced = nodes > 1 and bool(cal.toggles.get("recovery"))
-        self.rows = Rows(sink, log)
+        # the measuring client's loop: only when the model predicts a measurement (cal.measured_client)
+        self.rows = Rows(sink, log, cal.client_cpu_per_message_s if cal.measured_client else 0.0)
         self.rate = 0.0
         self.connects = Attempts()
         self.events_in = 0
@@ -727,7 +756,7 @@ class Simulation:
             if self.fast:
                 continue  # its writes are a job of their own (emit_writes)
             first = s0[j] + cal.cpu_per_event_s + (cal.cpu_per_publish_s if self.n_nodes > 1 else 0.0)
-            when = first + (np.arange(members.size) + 1) * self.per_recipient + base
+            when = first + self.stock_writes(np.full(members.size, members.size), np.arange(members.size) + 1) + base
             rows.add(K["push"], when, conn=members, node=-1, name=NAME["chat"], latency=when - t[j])
 
     def flush_job(self, n: int) -> tuple | None:
@@ -862,9 +891,18 @@ class Simulation:
         conn, sizes = self.members_of(n, company)
         ends = np.cumsum(sizes)
         k = np.arange(int(ends[-1])) - np.repeat(ends - sizes, sizes) + 1
-        when = np.repeat(start[js] + cal.cpu_per_receive_s, sizes) + k * self.per_recipient + base
+        when = (
+            np.repeat(start[js] + cal.cpu_per_receive_s, sizes) + self.stock_writes(np.repeat(sizes, sizes), k) + base
+        )
         latency = when - np.repeat(sent, sizes)
         self.rows.add(K["push"], when, conn=conn, name=NAME["chat"], latency=latency)
+
+    def stock_writes(self, n: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """When the k-th of n recipients' packet is written after a stock room emit starts (python-socketio
+        5: a task per recipient is created and run, each waking its socket's writer; only then do the
+        writers run): every recipient's enqueue share first, then one write after another."""
+        share = self.cal.stock_enqueue_share
+        return self.per_recipient * (n * share + k * (1.0 - share))
 
     def run(self) -> list[np.ndarray]:
         env = self.env

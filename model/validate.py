@@ -77,7 +77,7 @@ def validate(
     sims = [
         read_run(p)
         for p in replicate(
-            cal,
+            cal.model_copy(update={"measured_client": True}),  # the measurement's own client is predicted too
             wl,
             out,
             replications,

@@ -324,3 +324,111 @@ def test_base_latency_comes_from_the_first_step_with_acks(tmp_path):
         }
     )
     assert calibrate([run]).base_latency_s == pytest.approx(0.002, abs=2e-4)
+
+
+# -- the stock fan-out's phases and the measuring client (issue 11, round 3) -------------------------
+
+
+SETTINGS = {
+    "flush_interval_ms": 100.0,
+    "batch_size": 50,
+    "heartbeat_s": 25.0,
+    "ping_timeout_s": 20.0,
+    "max_connections": 2000,
+    "max_per_company": 500,
+}
+
+
+def test_a_stock_room_emit_enqueues_for_every_recipient_before_the_first_write(tmp_path):
+    """python-socketio 5's emit creates and runs a send task per recipient, and only then do the
+    sockets' writers run: the first push waits for every recipient's enqueue share; the ack waits for all."""
+    e, p, share = 1e-4, 2e-4, 0.4
+    cal = Calibration(cpu_per_event_s=e, cpu_per_packet_s=p, stock_enqueue_share=share, **QUIET)
+    df = read_run(simulate(cal, chat_load(conns=30, rate=5.0), tmp_path, seed=4)).events
+    push = df[df["kind"] == "push"]["latency_s"]
+    assert push.min() == pytest.approx(e + 30 * share * p + (1 - share) * p, rel=1e-6)
+    assert push.max() >= e + 30 * p - 1e-9  # the last write ends where the whole fan-out does
+    assert df[df["kind"] == "ack"]["latency_s"].min() == pytest.approx(e + 30 * p, rel=1e-6)
+
+
+def test_the_enqueue_share_is_fitted_back_from_when_first_pushes_arrive(tmp_path):
+    from eventlog.manifest import ServerRecord
+    from model.calibrate import calibrate
+
+    truth = Calibration(
+        cpu_per_event_s=2e-4, cpu_per_delivery_s=4e-5, stock_enqueue_share=0.5, base_latency_s=0.002, **QUIET
+    )
+    wl = Workload(
+        steps=[{"connections": 40, "hold_s": 8}, {"connections": 40, "hold_s": 8, "events_per_second": 60}],
+        events_per_second=20,
+        mix={"echo": 0.8, "chat": 0.2},
+        companies=1,
+        connect_rate=1000,
+    )
+    run = read_run(simulate(truth, wl, tmp_path, seed=3))
+    run.manifest.server = ServerRecord(settings=SETTINGS)
+    cal = calibrate([run])
+    assert cal.stock_enqueue_share == pytest.approx(0.5, abs=0.1)
+    fast = calibrate(
+        [
+            run.__class__(
+                run.path,
+                run.manifest.model_copy(
+                    update={"server": ServerRecord(settings=SETTINGS, toggles={"fast_fanout": True})}
+                ),
+                run.events,
+            )
+        ]
+    )
+    assert fast.stock_enqueue_share == 0.0  # the fast fan-out has no such phase
+
+
+def test_the_measuring_client_reads_one_message_after_another():
+    """Five pushes reaching the client at once are read one after another; a send occupies the loop
+    too; a sampled row stands for ``value`` messages; rows it is not busy for keep their times."""
+    from model.sim import client_queue
+
+    kinds = [K["send"], K["push"], K["push"], K["push"], K["ack"], K["push"]]
+    t = np.array([0.999, 1.0, 1.0, 1.0, 1.0, 2.0])
+    lat = np.array([0.0, 0.01, 0.01, 0.01, 0.005, 0.01])
+    value = np.array([np.nan, np.nan, 10.0, np.nan, np.nan, np.nan])
+    cols = [t.copy(), np.array(kinds, np.int8), *[np.zeros(6)] * 3, lat.copy(), np.zeros(6), value]
+    free = client_queue(cols, 0.002, 0.0)
+    # the send busy until 1.001; push 1 waits 1 ms, the sampled push 3 ms (its 10 messages take 20 ms),
+    # the next push 23 ms, the ack 25 ms
+    assert cols[5][1:5] == pytest.approx([0.011, 0.013, 0.033, 0.030])
+    assert cols[0][1:5] == pytest.approx(t[1:5] + cols[5][1:5] - lat[1:5])
+    assert cols[0][5] == pytest.approx(2.0) and cols[5][5] == pytest.approx(0.01) and cols[0][0] == 0.999
+    assert free == pytest.approx(2.002)
+
+
+def test_the_client_cost_is_fitted_from_the_generators_own_cpu():
+    from model.calibrate import fit_client
+
+    rng = np.random.default_rng(5)
+    t = np.arange(0.0, 60.0, 2.0)
+    rate = np.repeat([50.0, 400.0, 1500.0], 10)  # messages per second in each 2 s interval
+    sends = np.concatenate([rng.uniform(a, a + 2.0, int(r * 2)) for a, r in zip(t, rate, strict=False)])
+    cpu = np.concatenate([[0.0], np.cumsum(2.0 * (0.03 + 45e-6 * rate[:-1]) + rng.normal(0, 1e-3, t.size - 1))])
+    df = pd.concat(
+        [
+            pd.DataFrame({"kind": "send", "t": sends, "name": "echo", "conn": 0, "value": np.nan}),
+            pd.DataFrame({"kind": "sample", "t": t, "name": "gen_cpu_seconds:0", "conn": -1, "value": cpu}),
+        ]
+    )
+    per_msg, q = fit_client(df)
+    assert per_msg == pytest.approx(45e-6, rel=0.1) and q["workers"] == 1 and q["r2"] > 0.9
+
+
+def test_capacity_answers_leave_the_measuring_client_out(tmp_path):
+    """The generator's loop is simulated only when the model predicts a measured run; production
+    clients are many machines. Off, a fitted client cost changes nothing; on, it delays reads."""
+    base = Calibration(cpu_per_event_s=1e-4, cpu_per_packet_s=2e-5, **QUIET)
+    wl = chat_load(conns=50, rate=20.0)
+    plain = Simulation(base, wl, seed=1).run()
+    fitted = Simulation(base.model_copy(update={"client_cpu_per_message_s": 1e-4}), wl, seed=1).run()
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(plain, fitted, strict=True))
+    measured = base.model_copy(update={"client_cpu_per_message_s": 1e-4, "measured_client": True})
+    on = Simulation(measured, wl, seed=1).run()
+    push = plain[1] == K["push"]
+    assert np.nanmean(on[5][push]) > np.nanmean(plain[5][push]) + 1e-3  # 50 reads of 0.1 ms queue up
