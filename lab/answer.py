@@ -19,6 +19,7 @@ import pandas as pd
 from eventlog import SLO
 from eventlog.capacity import NodeCapacity, NodesAnswer
 
+from .passes import group_of
 from .results import Summary, capacity_answers
 
 # How a validation verdict counts: held (the band, or the measured value's own noise), missed, or not tested.
@@ -350,7 +351,7 @@ def page_one(out: Mapping[str, Any]) -> PageOne:
     caps = {label: cap for label, (cap, _) in node_answers(out).items()}
     conf = None
     if rows:
-        labels = list(dict.fromkeys([*caps, *summary]))
+        labels = list(dict.fromkeys([*caps, *(group_of(label) for label in summary)]))  # passes: one configuration
         conf = confidence(out.get("validation", pd.DataFrame()), labels, rows, envelope(summary), caps)
     first = next(iter(summary.values()), None)
     scen = first.manifest.scenario if first else {}

@@ -32,20 +32,22 @@ def pass_groups(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
-def _config(run: Run) -> tuple[str, dict[str, bool], int]:
+def _config(run: Run) -> tuple[str, dict[str, bool], int, bool]:
     server = run.manifest.server
-    return run.manifest.profile, dict(server.toggles) if server else {}, run.manifest.nodes
+    changed = bool(server.set) if server else False  # the scenario changed the profile's settings
+    return run.manifest.profile, dict(server.toggles) if server else {}, run.manifest.nodes, changed
 
 
 def cross_references(groups: dict[str, list[Run]]) -> dict[str, str]:
-    """Configuration -> the one-node configuration of the same profile it can be predicted from: the
-    two differ only in ``MODELLED_TOGGLES`` and the node count, and in at least one of them."""
+    """Configuration -> the configuration of the same profile it can be predicted from: one node, the
+    profile as it ships (no ``set``), differing only in ``MODELLED_TOGGLES`` and the node count, and in
+    at least one of them."""
     refs: dict[str, str] = {}
     for name, runs in groups.items():
-        profile, toggles, nodes = _config(runs[0])
+        profile, toggles, nodes, _ = _config(runs[0])
         for other, oruns in groups.items():
-            oprofile, otoggles, onodes = _config(oruns[0])
-            if other == name or oprofile != profile or onodes != 1:
+            oprofile, otoggles, onodes, ochanged = _config(oruns[0])
+            if other == name or oprofile != profile or onodes != 1 or ochanged:
                 continue
             keys = set(toggles) | set(otoggles)
             differ = {k for k in keys if bool(toggles.get(k)) != bool(otoggles.get(k))}

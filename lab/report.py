@@ -47,6 +47,7 @@ from .answer import (
     slo_of,
     thousands,
 )
+from .passes import group_of
 from .results import Summary, before_after, load_outputs
 from .tables import fmt
 
@@ -264,11 +265,12 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
         y = _text(fig, y, [f"(Grades: {CONFIDENCE_RULE}.)"], size=6.5, color="#555555")
     y = _text(fig, y - 0.006, measured_lines(summary), size=8)
     if len(labels) >= 2:
-        _, claims = before_after(summary, labels[0], labels[-1])
-        _title, header, rows_, widths = claims_table(summary, labels[0], labels[-1], claims)
+        before, after = compared(labels)
+        _, claims = before_after(summary, before, after)
+        _title, header, rows_, widths = claims_table(summary, before, after, claims)
         # the claims, a possible note and the footer must fit above the margin, else they go on a page of
         # their own (a long page 1 drew the claims over the footer and off the page)
-        note = claims_note(summary, labels[0], labels[-1], claims)
+        note = claims_note(summary, before, after, claims)
         need = _table_height(header, rows_, widths, CLAIMS_SIZE) + _text_height([note] if note else [], 7.5)
         if y - 0.01 - need - 0.006 - _text_height([FOOTER], 6.5) < PAGE_BOTTOM:
             page_footer(fig, y)
@@ -276,7 +278,7 @@ def summary_page(pdf: PdfPages, out: Mapping[str, Any], colors: Mapping[str, str
             plt.close(fig)
             fig = _page(f"Capacity report: {record['scenario']} (continued)")
             y = 0.93
-        y = claims_section(fig, y - 0.01, summary, labels[0], labels[-1], claims)
+        y = claims_section(fig, y - 0.01, summary, before, after, claims)
     page_footer(fig, y)
     pdf.savefig(fig)
     plt.close(fig)
@@ -359,6 +361,13 @@ def capacity_section(
 
 
 def measured_lines(summary: Summary) -> list[str]:
+    """One line per measured run; with passes (``NAME.K``), one per configuration with each pass's
+    figures side by side, so twelve runs do not push page 1 off the page."""
+    groups: dict[str, list[str]] = {}
+    for label in summary:
+        groups.setdefault(group_of(label), []).append(label)
+    if len(groups) < len(summary):
+        return [_passes_line(name, [summary[label] for label in members]) for name, members in groups.items()]
     lines = []
     for label, s in summary.items():
         row = s.row
@@ -371,6 +380,22 @@ def measured_lines(summary: Summary) -> list[str]:
             f"errors {fmt(row['error_rate_pct'])} %, peak memory {fmt(row['peak_memory_mb'])} MB."
         )
     return lines
+
+
+def _passes_line(name: str, passes: list) -> str:
+    def each(key: str, form: str = "{:.3g}") -> str:
+        return " / ".join(fmt(s.row[key], form) for s in passes)
+
+    held = " / ".join(
+        f"{'>= ' if s.row['max_stable_is_lower_bound'] else ''}{s.row['max_stable_connections']}" for s in passes
+    )
+    nodes = passes[0].manifest.nodes or 1
+    return (
+        f"Measured {name}, {len(passes)} passes [{', '.join(short_id(s.run_id) for s in passes)}] on {nodes} "
+        f"node{'s' if nodes != 1 else ''}: held the SLO up to {held} connections, {each('max_stable_throughput_eps', '{:.0f}')} "
+        f"acked events/s; last step p95 {each('p95_ms')} ms, errors {each('error_rate_pct')} %, peak memory "
+        f"{each('peak_memory_mb', '{:.0f}')} MB."
+    )
 
 
 def batching_note(summary: Summary, before: str, after: str) -> str | None:
@@ -422,8 +447,25 @@ def claims_section(fig: Figure, y: float, summary: Summary, before: str, after: 
     return _text(fig, y, [note], size=7.5) if note else y
 
 
+def compared(labels: list[str]) -> tuple[str, str]:
+    """The two runs the claims compare: the first and the last, or with passes (``NAME.K``) the first
+    pass of the first two configurations (the last pass of the last one compares nothing in particular)."""
+    firsts = list(pass_firsts(labels).values())
+    if len(firsts) < len(labels) and len(firsts) >= 2:
+        return firsts[0], firsts[1]
+    return labels[0], labels[-1]
+
+
+def pass_firsts(labels: list[str]) -> dict[str, str]:
+    """Configuration -> its first run's label."""
+    out: dict[str, str] = {}
+    for label in labels:
+        out.setdefault(group_of(label), label)
+    return out
+
+
 def before_after_page(pdf: PdfPages, summary: Summary, labels: list[str]) -> None:
-    before, after = labels[0], labels[-1]
+    before, after = compared(labels)
     fig = _page(f"Before and after: {before} vs {after}")
     table, claims = before_after(summary, before, after)
     y = _text(fig, 0.93, [f"Runs: {before} {summary[before].run_id} -> {after} {summary[after].run_id}"], size=8)
@@ -836,7 +878,7 @@ def validation_page(pdf: PdfPages, validation: pd.DataFrame, colors: Mapping[str
     shaded, and the measured mean's own 95 % uncertainty as the error bar (the passes' spread)."""
     fig = _page("Validation per step: prediction error, band and noise")
     v = validation[validation["metric"].isin(VALIDATION_METRICS)]
-    v = v.assign(**{c: v[c] if c in v else d for c, d in (("noise_pct", 0.0), ("held_out", True))})  # older files
+    v = v.assign(**{c: v.get(c, d) for c, d in (("noise_pct", 0.0), ("held_out", True))})  # older files
     labels = list(dict.fromkeys(v["label"]))
     axes = fig.subplots(2, 2, gridspec_kw={"left": 0.09, "right": 0.97, "top": 0.86, "bottom": 0.2, "hspace": 0.35})
     for ax, metric in zip(axes.flat, VALIDATION_METRICS, strict=True):

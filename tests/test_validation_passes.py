@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from eventlog import SLO
+from eventlog import SLO, read_run
 from eventlog.manifest import ServerRecord
 from lab.modelling import calibrate_measured
 from lab.passes import adapted, cross_references, group_of, pass_groups
@@ -81,10 +81,11 @@ def test_passes_are_pooled_by_label_and_a_node_count_is_predicted_from_one_node(
 
 def test_cross_references_take_only_what_the_model_represents(tmp_path):
     def run(label, toggles, nodes=1):
+        changed = {k: v for k, v in toggles.items() if v != on[k]}  # the scenario's set: what it changed
         return SimpleNamespace(
             run_id=label,
             manifest=SimpleNamespace(
-                label=label, profile="optimized", nodes=nodes, server=ServerRecord(toggles=toggles)
+                label=label, profile="optimized", nodes=nodes, server=ServerRecord(toggles=toggles, set=changed)
             ),
         )
 
@@ -97,7 +98,9 @@ def test_cross_references_take_only_what_the_model_represents(tmp_path):
             run("nojson.1", {**on, "fast_json": False}),  # inside the fitted costs only: not predicted
         ]
     )
-    assert cross_references(groups) == {"nb": "opt", "two": "opt", "opt": "nb"}
+    # the profile as shipped is the reference: nb is not one (its batching was set off), so opt is not
+    # predicted from it
+    assert cross_references(groups) == {"nb": "opt", "two": "opt"}
     cal = adapted(TRUTH.model_copy(update={"batching": True, "toggles": on}), groups["nb"][0])
     assert cal.batching is False and cal.toggles["fast_json"] is True
 
@@ -111,3 +114,22 @@ SETTINGS = {
     "max_connections": 2000,
     "max_per_company": 500,
 }
+
+
+def test_an_idle_design_step_holds_the_slo(tmp_path):
+    """A step that sends nothing has no latency to miss the SLO by: the idle step that opens a
+    calibration design counted as failed, so every run of it 'held the SLO up to 0 connections'."""
+    from eventlog import max_stable, step_table
+
+    wl = Workload(
+        steps=[
+            {"connections": 20, "hold_s": 5, "events_per_second": 0},
+            {"connections": 40, "hold_s": 5, "events_per_second": 50},
+        ],
+        events_per_second=50,
+        mix={"echo": 1.0},
+        connect_rate=1000,
+    )
+    table = step_table(read_run(simulate(TRUTH, wl, tmp_path, seed=1)), SLO())
+    assert table["held"].tolist() == [True, True]
+    assert max_stable(table) == (40, True)
