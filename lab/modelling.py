@@ -23,6 +23,7 @@ from eventlog.capacity import (
 )
 from model import Calibration, Point, Workload, confidence, replicate_points
 from model.calibrate import calibrate
+from model.replay import replay_and_compare
 from model.usl import fit_usl
 from model.validate import bands_text, validate
 
@@ -260,6 +261,7 @@ def calibrate_measured(
     calibration files."""
     models: Models = {}
     validations = []
+    replays: list[tuple[pd.DataFrame, pd.DataFrame]] = []
     groups = pass_groups([read_run(p) for p in measured])
     reps = min(3, sim.replications)
     for label, runs in groups.items():
@@ -294,6 +296,22 @@ def calibrate_measured(
             record.setdefault("usl", {})[label] = fit_usl(st["target"].to_numpy(), st["throughput_eps"].to_numpy())
         except (ValueError, RuntimeError) as exc:
             record.setdefault("usl", {})[label] = {"error": str(exc)}
+    for label, (cal, _wl) in models.items():  # the model on the measured arrivals, no generation noise
+        first = groups[label][0]
+        log(f"replaying {label}'s measured arrivals ({first.run_id}) ...")
+        try:
+            run_dir, per_s, per_step = replay_and_compare(cal, first.path, runs_root, sim.seed)
+        except ValueError as exc:  # a run without a trace to replay
+            log(f"  no replay of {label}: {exc}")
+            continue
+        per_s.insert(0, "label", label)
+        per_step.insert(0, "label", label)
+        replays.append((per_s, per_step))
+        record["simulated"].append(run_dir.name)
+        record.setdefault("replays", {})[label] = {"measured": first.run_id, "replayed": run_dir.name}
+    if replays:
+        pd.concat([a for a, _ in replays], ignore_index=True).to_csv(out_dir / "replay.csv", index=False)
+        pd.concat([b for _, b in replays], ignore_index=True).to_csv(out_dir / "replay-steps.csv", index=False)
     for label, ref in cross_references(groups).items():
         if ref not in models:
             continue

@@ -219,6 +219,8 @@ def build_report(out_dir: Path | str, pdf_path: Path | str | None = None) -> Pat
             model_page(pdf, model, validation, summary)
         if not validation.empty:
             validation_page(pdf, validation, colors)
+        if not out["replay"].empty:
+            replay_page(pdf, out["replay"], out["replay_steps"], model.get("replays") or {}, colors)
         manifests_page(pdf, out)
     return pdf_path
 
@@ -947,6 +949,59 @@ def validation_page(pdf: PdfPages, validation: pd.DataFrame, colors: Mapping[str
         ],
         size=7,
     )
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+REPLAY_ROWS = 4  # configurations on the replay page
+
+
+def _median_abs(x: pd.Series) -> float:
+    v = np.abs(x.to_numpy(float))
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else math.nan
+
+
+def replay_page(
+    pdf: PdfPages, per_s: pd.DataFrame, per_step: pd.DataFrame, runs: Mapping[str, Any], colors: Mapping[str, str]
+) -> None:
+    """Trace replay (issue 11): each configuration's first measured run replayed through the model with
+    its exact arrivals, per second: CPU and ack p95, measured (solid) and replayed (dashed)."""
+    fig = _page("Trace replay: the model on the measured arrivals, per second")
+    labels = list(dict.fromkeys(per_s["label"]))[:REPLAY_ROWS]
+    axes = fig.subplots(
+        len(labels),
+        2,
+        squeeze=False,
+        gridspec_kw={"left": 0.1, "right": 0.97, "top": 0.88, "bottom": 0.22, "hspace": 0.6},
+    )
+    for (ax_cpu, ax_p95), label in zip(axes, labels, strict=False):
+        g = per_s[per_s["label"] == label]
+        c = colors.get(label, "k")
+        for ax, col, unit in ((ax_cpu, "cpu_pct", "CPU %"), (ax_p95, "p95_ms", "ack p95 ms")):
+            ax.plot(g["second"], g[f"{col}_measured"], "-", color=c, lw=1.0, label="measured")
+            ax.plot(g["second"], g[f"{col}_replayed"], "--", color="k", lw=0.8, label="replayed")
+            ax.set_title(f"{label}: {unit}", fontsize=7.5)
+            ax.tick_params(labelsize=6.5)
+        _log_ms(ax_p95)
+        ax_cpu.legend(fontsize=6, frameon=False, loc="upper left")
+    axes[-1][0].set_xlabel("second of the run", fontsize=7)
+    axes[-1][1].set_xlabel("second of the run", fontsize=7)
+    lines = [
+        "Each configuration's first measured run driven through the model with its own sends, connection attempts "
+        "and closes (caplab simulate --replay), so the model's mechanisms are judged without workload-generation "
+        "noise. Median |error| over the steps' counted windows:"
+    ]
+    for label in labels:
+        st = per_step[per_step["label"] == label] if "label" in per_step else per_step.iloc[0:0]
+        err = {m: _median_abs(st[f"{m}_error_pct"]) if len(st) else math.nan for m in ("cpu_pct", "p50_ms", "p95_ms")}
+        which = runs.get(label, {})
+        lines.append(
+            f"{label}: CPU {fmt(err['cpu_pct'], '{:.0f}')} %, ack p50 {fmt(err['p50_ms'], '{:.0f}')} %, ack p95 "
+            f"{fmt(err['p95_ms'], '{:.0f}')} % [{short_id(which.get('measured', '?'))} replayed as "
+            f"{short_id(which.get('replayed', '?'))}]"
+        )
+    _text(fig, 0.17, lines, size=7)
     pdf.savefig(fig)
     plt.close(fig)
 

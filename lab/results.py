@@ -162,6 +162,8 @@ def load_outputs(out_dir: Path | str) -> dict:
         "runs": {k: v.run for k, v in summary.items()},
         "capacity": csv("capacity.csv"),
         "validation": csv("validation.csv"),
+        "replay": csv("replay.csv"),
+        "replay_steps": csv("replay-steps.csv"),
         "sweep": csv("sweep.csv"),
         "model": model,
     }

@@ -565,3 +565,18 @@ def test_validation_shows_each_step_against_its_band_with_the_passes_spread(tiny
     assert "spread %" in model and "7 (3 runs)" in model and "no-batching from optimized" in model
     steps = next(p for p in pages if "Validation per step: prediction error, band and noise" in p)
     assert "CPU" in steps and "no-batching from optimized" in steps and "band +-5 %" in steps
+
+
+def test_the_report_shows_each_profile_replayed_on_its_measured_arrivals(tiny_outputs):
+    """Issue 11 (B5): each configuration's first run is replayed through the model with its exact
+    arrivals, and the report shows replayed against measured per second."""
+    out, pdf = tiny_outputs
+    per_s = pd.read_csv(out / "replay.csv")
+    assert set(per_s["label"]) == {"baseline", "optimized"}
+    sends = per_s.groupby("label")[["sends_measured", "sends_replayed"]].sum()
+    assert (sends["sends_measured"] == sends["sends_replayed"]).all() and (sends["sends_measured"] > 0).all()
+    model = json.loads((out / "model.json").read_text())
+    assert set(model["replays"]) == {"baseline", "optimized"}
+    pages = [" ".join(p.extract_text().split()) for p in PdfReader(pdf).pages]
+    page = next(p for p in pages if "Trace replay: the model on the measured arrivals, per second" in p)
+    assert "baseline: CPU" in page and "optimized: CPU" in page and "replayed as" in page
