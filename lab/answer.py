@@ -24,7 +24,7 @@ from .results import Summary, capacity_answers
 
 # How a validation verdict counts: held (the band, or the measured value's own noise), missed, or not tested.
 HELD = ("within band", "within measurement noise")
-NOT_TESTED = ("n/a (saturated)", "not measurable")
+NOT_TESTED = ("n/a (saturated)", "n/a (generator-bound)", "not measurable")
 METRIC_NAMES = {
     "p95_ms": "p95",
     "cpu_pct": "CPU",

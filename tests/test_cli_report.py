@@ -19,6 +19,7 @@ from pypdf import PdfReader
 
 from eventlog import benchmark_row, read_run
 from eventlog.capacity import NodeCapacity, node_capacity_text
+from lab.answer import NOT_TESTED
 from lab.results import capacity_answers, load_outputs
 from lab.servers import ServerProcess, ServerStartError, create_users
 from lab.tables import fmt
@@ -346,7 +347,7 @@ def test_page_one_answers_with_the_capacity_table_confidence_and_claims(tiny_out
     for label, v in validation[validation["held_out"]].groupby("label"):
         assert f"{label} on held-out steps" in text
         for metric, name in (("p95_ms", "p95"), ("cpu_pct", "CPU"), ("memory_mb", "memory")):
-            m = v[(v["metric"] == metric) & ~v["verdict"].isin(["n/a (saturated)", "not measurable"])]
+            m = v[(v["metric"] == metric) & ~v["verdict"].isin(NOT_TESTED)]
             if len(m):
                 held = int(m["verdict"].isin(["within band", "within measurement noise"]).sum())
                 assert f"{name} {held} of {len(m)}" in text, (label, metric)

@@ -54,3 +54,15 @@ def test_passes_of_different_loads_are_refused(tmp_path):
     b = read_run(simulate(TRUTH, wl, tmp_path / "other", seed=2))
     with pytest.raises(ValueError, match="not passes of one load"):
         validate(TRUTH, [a, b], tmp_path / "sim", replications=1)
+
+
+def test_p95_is_not_judged_where_the_generator_fell_behind_its_schedule(tmp_path):
+    """Where the measuring generator's send lag p99 reached the lab's limit (its own check's 50 ms),
+    the step's latencies hold the generator's delay: p95 there says nothing about the server."""
+    runs = passes(tmp_path, seeds=(11, 12))
+    first = runs[0].events
+    sends = (first["kind"] == "send") & (first["t"] < 10)  # the first step of one pass: sent 0.2 s late
+    first.loc[sends, "latency_s"] = 0.2
+    v = validate(TRUTH, runs, tmp_path / "sim", replications=2, seed=1).set_index(["metric", "step"])
+    assert v.loc[("p95_ms", 0), "verdict"] == "n/a (generator-bound)"
+    assert v.loc[("cpu_pct", 0), "verdict"] == "within band"  # the server's figures still count
