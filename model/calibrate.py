@@ -13,8 +13,8 @@
   expon), the best by the Kolmogorov-Smirnov statistic; when even the best is rejected (p < 0.05),
   the empirical distribution (its quantiles) instead.
 - Base latency: median ack latency of the first step's counted window, less the CPU per event.
-- Stock room emits: the share of each recipient's cost spent before the first write, from when a
-  fan-out's first push arrives.
+- Room emits without window batching: the share of each recipient's write cost spent before the
+  first write, from when a fan-out's first push arrives.
 - The measuring client: the load generator's CPU per message it sends or reads, from its own CPU
   counter; the model queues the generator's messages on it only when it predicts a measured run.
 """
@@ -289,12 +289,14 @@ def fit_client(df: pd.DataFrame) -> tuple[float, dict]:
     }
 
 
-def fit_stock_enqueue(df: pd.DataFrame, cpu: dict, base: float) -> tuple[float, dict]:
-    """Stock room emits (python-socketio 5, no fast fan-out): the share of the per-recipient cost spent
-    before the first recipient's write (every recipient's send task is created and run first). The
-    first push of a fan-out to n arrives at event + (n share + 1 - share) per-recipient + base, so
-    share = (first - base - event - d) / ((n - 1) d), the median over the runs' fan-outs (n >= 2)."""
-    d = cpu["cpu_per_delivery_s"] + cpu["cpu_per_packet_s"]
+def fit_enqueue_share(df: pd.DataFrame, cpu: dict, base: float, stock: bool) -> tuple[float, dict]:
+    """The share of each recipient's write cost spent before a room emit's first write (the model's
+    ``enqueue_share``). The stock emit writes after event + n share d, d = delivery + packet; the fast
+    path's writes follow the handler (event + n deliveries) and take d = packet each. The first of n
+    pushes arrives at pre + (n share + 1 - share) d + base, so share = (first - base - pre - d) /
+    ((n - 1) d): the median over the runs' fan-outs to 2 or more."""
+    e, dlv, pkt = cpu["cpu_per_event_s"], cpu["cpu_per_delivery_s"], cpu["cpu_per_packet_s"]
+    d = dlv + pkt if stock else pkt
     push = df[df["kind"] == "push"]
     if push.empty or d <= 0:
         return 0.0, {"fan_outs": 0}
@@ -303,7 +305,8 @@ def fit_stock_enqueue(df: pd.DataFrame, cpu: dict, base: float) -> tuple[float, 
     n, first = n[n >= 2], first[n >= 2]
     if n.empty:
         return 0.0, {"fan_outs": 0}
-    share = (first - base - cpu["cpu_per_event_s"] - d) / ((n - 1) * d)
+    pre = e if stock else e + n * dlv
+    share = (first - base - pre - d) / ((n - 1) * d)
     return float(np.clip(share.median(), 0.0, 1.0)), {"fan_outs": int(n.size), "median_recipients": float(n.median())}
 
 
@@ -344,7 +347,8 @@ def calibrate(runs: list[Run]) -> Calibration:
     base = float(np.median([base_latency(run.events, cpu["cpu_per_event_s"]) for run in runs]))
     client = [fit_client(run.events) for run in runs]
     stock = not (batching or toggles.get("fast_fanout") or toggles.get("recovery"))
-    enqueue = [fit_stock_enqueue(run.events, cpu, base) for run in runs] if stock else [(0.0, {"stock": False})]
+    windowed = batching and not toggles.get("batch_flush_soon")  # pushes wait for the tick: no first-write time
+    enqueue = [fit_enqueue_share(run.events, cpu, base, stock) for run in runs] if not windowed else [(0.0, {})]
     client_s = float(np.median([c for c, _ in client]))
     assumptions = [
         "service times are gamma distributed with coefficient of variation 1 (not fitted)",
@@ -366,7 +370,7 @@ def calibrate(runs: list[Run]) -> Calibration:
         **(cpu | {"cpu_per_event_s": max(cpu["cpu_per_event_s"], 1e-7)}),
         base_latency_s=base,
         client_cpu_per_message_s=client_s,
-        stock_enqueue_share=float(np.median([e for e, _ in enqueue])),
+        enqueue_share=float(np.median([e for e, _ in enqueue])),
         memory_base_bytes=mem_base,
         memory_per_connection_bytes=mem_conn,
         gc=gc,
@@ -385,7 +389,7 @@ def calibrate(runs: list[Run]) -> Calibration:
             "cpu": cpu_q,
             "memory": mem_q,
             "client": [q for _, q in client],
-            "stock_enqueue": [q for _, q in enqueue],
+            "enqueue_share": [q for _, q in enqueue],
             "units": {"cpu": "seconds of loop time", "memory": "bytes"},
         },
         assumptions=assumptions,

@@ -44,12 +44,13 @@ class Calibration(BaseModel):
     cpu_per_connection_s_per_s: float = Field(0.0, ge=0, description="heartbeats and upkeep per live connection")
     cpu_per_publish_s: float = Field(0.0, ge=0, description="per room event published to Redis, on its node")
     cpu_per_receive_s: float = Field(0.0, ge=0, description="per room event heard from Redis, on every node")
-    stock_enqueue_share: float = Field(
+    enqueue_share: float = Field(
         0.0,
         ge=0,
         le=1,
-        description="stock room emit (no fast fan-out): share of the per-recipient cost spent creating and running "
-        "every recipient's send task before the first write (fitted from when the first push arrives)",
+        description="room emit without window batching: share of each recipient's write cost spent before the "
+        "first write (stock: a send task per recipient; fast: building what each socket is sent), fitted from "
+        "when a fan-out's first push arrives",
     )
     service_cv: float = Field(1.0, ge=0, description="coefficient of variation of service times (gamma)")
     base_latency_s: float = Field(0.0, ge=0, description="client + kernel time outside the server loop")

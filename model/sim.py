@@ -681,7 +681,11 @@ class Simulation:
         """Push rows of the fast fan-out's writes, one socket after another from the job's start."""
         for j in np.flatnonzero(k_all == JOB_WRITE):
             members, sent = payload[i_all[j]]
-            when = start[j] + (np.arange(members.size) + 1) * self.cal.cpu_per_packet_s + base
+            when = (
+                start[j]
+                + self.writes_after(members.size, np.arange(members.size) + 1, self.cal.cpu_per_packet_s)
+                + base
+            )
             self.rows.add(K["push"], when, conn=members, name=NAME["chat"], latency=when - sent)
 
     def set_live(self, cid: int, up: bool) -> None:
@@ -900,9 +904,15 @@ class Simulation:
     def stock_writes(self, n: np.ndarray, k: np.ndarray) -> np.ndarray:
         """When the k-th of n recipients' packet is written after a stock room emit starts (python-socketio
         5: a task per recipient is created and run, each waking its socket's writer; only then do the
-        writers run): every recipient's enqueue share first, then one write after another."""
-        share = self.cal.stock_enqueue_share
-        return self.per_recipient * (n * share + k * (1.0 - share))
+        writers run)."""
+        return self.writes_after(n, k, self.per_recipient)
+
+    def writes_after(self, n: np.ndarray | int, k: np.ndarray, per: float) -> np.ndarray:
+        """The k-th of n writes of ``per`` each ends this long after they start: every recipient's
+        share of the work that precedes the first write (``enqueue_share``: a stock emit's send tasks,
+        the fast path's frame building) first, then one write after another."""
+        share = self.cal.enqueue_share
+        return per * (np.asarray(n) * share + k * (1.0 - share))
 
     def run(self) -> list[np.ndarray]:
         env = self.env

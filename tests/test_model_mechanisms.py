@@ -343,7 +343,7 @@ def test_a_stock_room_emit_enqueues_for_every_recipient_before_the_first_write(t
     """python-socketio 5's emit creates and runs a send task per recipient, and only then do the
     sockets' writers run: the first push waits for every recipient's enqueue share; the ack waits for all."""
     e, p, share = 1e-4, 2e-4, 0.4
-    cal = Calibration(cpu_per_event_s=e, cpu_per_packet_s=p, stock_enqueue_share=share, **QUIET)
+    cal = Calibration(cpu_per_event_s=e, cpu_per_packet_s=p, enqueue_share=share, **QUIET)
     df = read_run(simulate(cal, chat_load(conns=30, rate=5.0), tmp_path, seed=4)).events
     push = df[df["kind"] == "push"]["latency_s"]
     assert push.min() == pytest.approx(e + 30 * share * p + (1 - share) * p, rel=1e-6)
@@ -355,9 +355,7 @@ def test_the_enqueue_share_is_fitted_back_from_when_first_pushes_arrive(tmp_path
     from eventlog.manifest import ServerRecord
     from model.calibrate import calibrate
 
-    truth = Calibration(
-        cpu_per_event_s=2e-4, cpu_per_delivery_s=4e-5, stock_enqueue_share=0.5, base_latency_s=0.002, **QUIET
-    )
+    truth = Calibration(cpu_per_event_s=2e-4, cpu_per_delivery_s=4e-5, enqueue_share=0.5, base_latency_s=0.002, **QUIET)
     wl = Workload(
         steps=[{"connections": 40, "hold_s": 8}, {"connections": 40, "hold_s": 8, "events_per_second": 60}],
         events_per_second=20,
@@ -368,19 +366,32 @@ def test_the_enqueue_share_is_fitted_back_from_when_first_pushes_arrive(tmp_path
     run = read_run(simulate(truth, wl, tmp_path, seed=3))
     run.manifest.server = ServerRecord(settings=SETTINGS)
     cal = calibrate([run])
-    assert cal.stock_enqueue_share == pytest.approx(0.5, abs=0.1)
-    fast = calibrate(
-        [
-            run.__class__(
-                run.path,
-                run.manifest.model_copy(
-                    update={"server": ServerRecord(settings=SETTINGS, toggles={"fast_fanout": True})}
-                ),
-                run.events,
-            )
-        ]
+    assert cal.enqueue_share == pytest.approx(0.5, abs=0.1)
+    windowed = ServerRecord(settings=SETTINGS, toggles={"batching": True})  # pushes wait for the tick
+    relabelled = run.__class__(run.path, run.manifest.model_copy(update={"server": windowed}), run.events)
+    assert calibrate([relabelled]).enqueue_share == 0.0
+
+
+def test_the_fast_fan_out_writes_after_its_share_of_frame_building(tmp_path):
+    """The fast path (also flush-soon batching): the handler enqueues (event + n deliveries), then the
+    writes job spends every recipient's share before its first write; the share is fitted back."""
+    from model.calibrate import fit_enqueue_share
+
+    e, d, p, share = 1e-4, 1e-5, 4e-5, 0.3
+    cal = Calibration(
+        cpu_per_event_s=e,
+        cpu_per_delivery_s=d,
+        cpu_per_packet_s=p,
+        enqueue_share=share,
+        toggles={"fast_fanout": True},
+        **QUIET,
     )
-    assert fast.stock_enqueue_share == 0.0  # the fast fan-out has no such phase
+    events = read_run(simulate(cal, chat_load(conns=30, rate=5.0), tmp_path, seed=4)).events
+    push = events[events["kind"] == "push"]["latency_s"]
+    assert push.min() == pytest.approx(e + 30 * d + 30 * share * p + (1 - share) * p, rel=1e-6)
+    costs = {"cpu_per_event_s": e, "cpu_per_delivery_s": d, "cpu_per_packet_s": p}
+    fitted, q = fit_enqueue_share(events, costs, 0.0, stock=False)
+    assert fitted == pytest.approx(share, abs=0.05) and q["fan_outs"] > 10
 
 
 def test_the_measuring_client_reads_one_message_after_another():
