@@ -45,20 +45,40 @@ def cross_references(groups: dict[str, list[Run]]) -> dict[str, str]:
     refs: dict[str, str] = {}
     for name, runs in groups.items():
         profile, toggles, nodes, _ = _config(runs[0])
+        best: tuple[int, str] | None = None
         for other, oruns in groups.items():
             oprofile, otoggles, onodes, ochanged = _config(oruns[0])
             if other == name or oprofile != profile or onodes != 1 or ochanged:
                 continue
             keys = set(toggles) | set(otoggles)
             differ = {k for k in keys if bool(toggles.get(k)) != bool(otoggles.get(k))}
-            if differ <= set(MODELLED_TOGGLES) and (differ or nodes != onodes):
-                refs[name] = other
-                break
+            usable = differ <= set(MODELLED_TOGGLES) and (differ or nodes != onodes)
+            if usable and (best is None or len(differ) < best[0]):  # the closest: fewest toggles to switch
+                best = (len(differ), other)
+        if best is not None:
+            refs[name] = best[1]
     return refs
 
 
 def adapted(cal: Calibration, run: Run) -> Calibration:
-    """``cal`` with ``run``'s server toggles (the model reads ``batching`` and the fan-out toggles);
-    the node count comes from the run's manifest when it is simulated."""
+    """``cal`` with ``run``'s server toggles (the model reads ``batching`` and the fan-out toggles) and
+    the settings the model uses (flush window, batch size, heartbeat, limits); the node count comes
+    from the run's manifest when it is simulated."""
+    from model.calibrate import settings_of
+
     toggles = dict(run.manifest.server.toggles) if run.manifest.server else dict(cal.toggles)
-    return cal.model_copy(update={"toggles": toggles, "batching": bool(toggles.get("batching"))})
+    update: dict = {"toggles": toggles, "batching": bool(toggles.get("batching"))}
+    try:
+        st = settings_of(run)
+    except ValueError:  # a run without recorded settings keeps the reference's
+        return cal.model_copy(update=update)
+    update |= {
+        "flush_interval_s": st["flush_interval_ms"] / 1000.0,
+        "batch_size": st["batch_size"],
+        "heartbeat_s": st["heartbeat_s"],
+        "ping_timeout_s": st["ping_timeout_s"],
+        "max_connections": st["max_connections"],
+        "max_per_company": st["max_per_company"],
+        "conn_limits": bool(toggles.get("conn_limits")),
+    }
+    return cal.model_copy(update=update)

@@ -885,7 +885,7 @@ def validation_page(pdf: PdfPages, validation: pd.DataFrame, colors: Mapping[str
     axes = fig.subplots(2, 2, gridspec_kw={"left": 0.09, "right": 0.97, "top": 0.86, "bottom": 0.2, "hspace": 0.35})
     for ax, metric in zip(axes.flat, VALIDATION_METRICS, strict=True):
         m = v[v["metric"] == metric]
-        band = float(m["band_pct"].iloc[0]) if len(m) else 0.0
+        band = float(np.nan_to_num(m["band_pct"].iloc[0])) if len(m) and "band_pct" in m else 0.0
         ax.axhspan(-band, band, color="0.85", zorder=0, label=f"band +-{band:.0f} %")
         ax.axhline(0, color="0.5", lw=0.6)
         for i, label in enumerate(labels):
@@ -926,7 +926,9 @@ def validation_page(pdf: PdfPages, validation: pd.DataFrame, colors: Mapping[str
         ax.set_title(f"{METRIC_NAMES.get(metric, metric)}: prediction error %", fontsize=8)
         ax.set_xlabel("step", fontsize=7)
         ax.tick_params(labelsize=7)
-        lim = max(3 * band, float(np.nanmax(np.abs(m["error_pct"]))) * 1.1 if m["error_pct"].notna().any() else 0)
+        finite = np.abs(m["error_pct"].to_numpy(float))
+        finite = finite[np.isfinite(finite)]
+        lim = max(3 * band, float(finite.max()) * 1.1 if finite.size else 0.0, 1.0)
         ax.set_ylim(-min(lim, EDGE) * 1.05, min(lim, EDGE) * 1.05)
     handles, names = axes.flat[0].get_legend_handles_labels()
     fig.legend(

@@ -289,24 +289,28 @@ def fit_client(df: pd.DataFrame) -> tuple[float, dict]:
     }
 
 
-def fit_enqueue_share(df: pd.DataFrame, cpu: dict, base: float, stock: bool) -> tuple[float, dict]:
+def fit_enqueue_share(df: pd.DataFrame, cpu: dict, stock: bool, nodes: int = 1) -> tuple[float, dict]:
     """The share of each recipient's write cost spent before a room emit's first write (the model's
-    ``enqueue_share``). The stock emit writes after event + n share d, d = delivery + packet; the fast
-    path's writes follow the handler (event + n deliveries) and take d = packet each. The first of n
-    pushes arrives at pre + (n share + 1 - share) d + base, so share = (first - base - pre - d) /
-    ((n - 1) d): the median over the runs' fan-outs to 2 or more."""
-    e, dlv, pkt = cpu["cpu_per_event_s"], cpu["cpu_per_delivery_s"], cpu["cpu_per_packet_s"]
+    ``enqueue_share``), from each fan-out's first push against its sender's ack, so the wait before
+    the handler (and the base latency) cancels. A stock emit acks after all n writes of d = delivery
+    + packet each: ack - first = (n - 1)(1 - share) d. The fast path acks when the handler has
+    enqueued and writes d = packet each after it: first - ack = (n share + 1 - share) d. The median
+    over the runs' fan-outs to 2 or more (n: a node's share of the recipients)."""
+    dlv, pkt = cpu["cpu_per_delivery_s"], cpu["cpu_per_packet_s"]
     d = dlv + pkt if stock else pkt
     push = df[df["kind"] == "push"]
-    if push.empty or d <= 0:
+    acks = df[(df["kind"] == "ack") & (df["name"].astype(str) == "chat")]
+    if push.empty or acks.empty or d <= 0:
         return 0.0, {"fan_outs": 0}
-    g = push.groupby((push["t"] - push["latency_s"]).round(6))["latency_s"]
-    n, first = g.size(), g.min()
-    n, first = n[n >= 2], first[n >= 2]
-    if n.empty:
+    g = push.groupby((push["t"] - push["latency_s"]).round(6))["t"]
+    n, first = g.size() / max(1, nodes), g.min()
+    ack = pd.Series(acks["t"].to_numpy(), index=(acks["t"] - acks["latency_s"]).round(6).to_numpy())
+    ack = ack[~ack.index.duplicated()].reindex(first.index)
+    ok = (n >= 2) & ack.notna()
+    if not ok.any():
         return 0.0, {"fan_outs": 0}
-    pre = e if stock else e + n * dlv
-    share = (first - base - pre - d) / ((n - 1) * d)
+    n, first, ack = n[ok], first[ok], ack[ok]
+    share = 1 - (ack - first) / ((n - 1) * d) if stock else (first - ack - d) / ((n - 1) * d)
     return float(np.clip(share.median(), 0.0, 1.0)), {"fan_outs": int(n.size), "median_recipients": float(n.median())}
 
 
@@ -348,8 +352,12 @@ def calibrate(runs: list[Run]) -> Calibration:
     client = [fit_client(run.events) for run in runs]
     stock = not (batching or toggles.get("fast_fanout") or toggles.get("recovery"))
     windowed = batching and not toggles.get("batch_flush_soon")  # pushes wait for the tick: no first-write time
-    enqueue = [fit_enqueue_share(run.events, cpu, base, stock) for run in runs] if not windowed else [(0.0, {})]
-    client_s = float(np.median([c for c, _ in client]))
+    enqueue = (
+        [fit_enqueue_share(run.events, cpu, stock, run.manifest.nodes or 1) for run in runs]
+        if not windowed
+        else [(0.0, {})]
+    )
+    client_s = float(np.median([c for c, q in client if q["intervals"]] or [0.0]))  # runs with its counter
     assumptions = [
         "service times are gamma distributed with coefficient of variation 1 (not fitted)",
         "per-event CPU is one mean over the measured event mix",

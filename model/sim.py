@@ -192,6 +192,10 @@ class Rows:
         self.sink, self.log = sink, log
         self.flush_rows = 2_000_000
         self.client_s, self.client_free = client_s, 0.0
+        # rows before this time are all written (the simulation sets it at each slice's start): with the
+        # client's queue, a flush in the middle of a run queues only those, in time order, and keeps the rest
+        self.watermark = -np.inf
+        self.held = 0  # rows kept back by the last flush (the next one waits for flush_rows more)
 
     DTYPES = (np.float64, np.int8, np.int32, np.int16, np.int32, np.float64, np.int32, np.float64)
 
@@ -221,11 +225,13 @@ class Rows:
         if n:
             self.chunks.append((n, cols))
             self.n += n
-            if self.sink is not None and self.n >= self.flush_rows:
-                self.sink(self.columns())
+            if self.sink is not None and self.n >= self.flush_rows + self.held:
+                self.sink(self.columns(final=False))
 
-    def columns(self) -> list[np.ndarray]:
-        """The rows added since the last call, as columns (merged, with log "histograms")."""
+    def columns(self, final: bool = True) -> list[np.ndarray]:
+        """The rows added since the last call, as columns (merged, with log "histograms"). Not ``final``
+        and with the client's queue: only the rows before ``watermark``; the others wait for the next
+        call (a later slice adds rows earlier than the ones already here, which the queue must see first)."""
         total = sum(n for n, _ in self.chunks)
         out = [np.empty(total, dtype) for dtype in self.DTYPES]
         pos = 0
@@ -233,7 +239,13 @@ class Rows:
             for column, value in zip(out, cols, strict=True):
                 column[pos : pos + n] = value  # a scalar broadcasts in place
             pos += n
-        self.chunks, self.n = [], 0
+        self.chunks, self.n, self.held = [], 0, 0
+        if self.client_s > 0 and not final:
+            later = out[0] >= self.watermark
+            if later.any():
+                self.chunks.append((int(later.sum()), tuple(c[later] for c in out)))
+                self.n = self.held = int(later.sum())
+                out = [c[~later] for c in out]
         if self.client_s > 0:
             self.client_free = client_queue(out, self.client_s, self.client_free)
         return merged_rows(out) if self.log == "histograms" else out
@@ -510,6 +522,7 @@ class Simulation:
 
     def slice(self, t0: float, t1: float) -> None:
         """Serve every node's jobs arriving in [t0, t1), in FIFO order, and write their rows."""
+        self.rows.watermark = t0  # every row from here on is at t0 or later
         due = self.connects.due(t1)  # connection attempts due now
         ev_t, ev_c = self.arrivals(t0, t1)
         self.events_in += ev_t.size

@@ -66,3 +66,15 @@ def test_p95_is_not_judged_where_the_generator_fell_behind_its_schedule(tmp_path
     v = validate(TRUTH, runs, tmp_path / "sim", replications=2, seed=1).set_index(["metric", "step"])
     assert v.loc[("p95_ms", 0), "verdict"] == "n/a (generator-bound)"
     assert v.loc[("cpu_pct", 0), "verdict"] == "within band"  # the server's figures still count
+
+
+def test_validation_simulates_the_measuring_clients_loop(tmp_path):
+    """A measured run's latencies hold the generator's own reading; validation predicts them with it
+    (a capacity answer does not). 1 ms per message at 300 acks/s keeps the client 60 % busy."""
+    runs = passes(tmp_path, seeds=(11,))
+    slow = TRUTH.model_copy(update={"client_cpu_per_message_s": 1e-3})
+    p95 = [
+        validate(cal, runs, tmp_path / name, replications=1, seed=1).set_index(["metric", "step"]).loc[("p95_ms", 0)]
+        for cal, name in ((TRUTH, "plain"), (slow, "client"))
+    ]
+    assert p95[1]["simulated"] > p95[0]["simulated"] + 1.0

@@ -92,10 +92,10 @@ def test_cross_references_take_only_what_the_model_represents(tmp_path):
     on = {"batching": True, "fast_json": True}
     groups = pass_groups(
         [
-            run("opt.1", on),
             run("nb.1", {**on, "batching": False}),  # batching: modelled
             run("two.1", on, nodes=2),  # nodes: modelled
             run("nojson.1", {**on, "fast_json": False}),  # inside the fitted costs only: not predicted
+            run("opt.1", on),  # listed last: the reference is found whatever the order
         ]
     )
     # the profile as shipped is the reference: nb is not one (its batching was set off), so opt is not
