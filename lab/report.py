@@ -851,13 +851,20 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             ],
             size=7.5,
         )
+        header = ["configuration", "metric", "steps", "within band", "band %", "median |error| %", "spread %"]
+        widths = [0.2, 0.15, 0.1, 0.15, 0.07, 0.12, 0.13]
+        if y - 0.004 - _table_height(header, rows, widths, 7) < PAGE_BOTTOM:  # many configurations: a page of its own
+            pdf.savefig(fig)
+            plt.close(fig)
+            fig = _page("Model: validation against fixed bands (continued)")
+            y = 0.93
         _table(
             fig,
             y - 0.004,
             "Validation per profile and metric: steps within the band fixed before fitting",
-            ["configuration", "metric", "steps", "within band", "band %", "median |error| %", "spread %"],
+            header,
             rows,
-            [0.2, 0.15, 0.1, 0.15, 0.07, 0.12, 0.13],
+            widths,
             size=7,
         )
     pdf.savefig(fig)
