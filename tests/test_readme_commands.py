@@ -101,6 +101,10 @@ KNOWN: dict[str, Known] = {
     # parse-level only: a production Prometheus; tests/test_calibrate_prometheus.py runs it on a real one
     "caplab calibrate --prometheus http://prometheus:9090 --selector '{job=\"socketio\"}' --seconds 3600 --step 15 "
     "--profile optimized --out cal.json": Known("caplab"),
+    # parse-level only: 46 minutes of measurement; tests/test_validation_passes.py pools passes and predicts
+    # across configurations on simulated stand-ins, tests/test_cli_report.py runs a compare scenario end to end
+    "caplab run scenarios/validation.yaml": Known("caplab"),
+    "caplab run scenarios/validation.yaml --reuse 'runs/*-validation-*.[123]-*'": Known("caplab"),
     # parse-level only: a run of the reader's; tests/test_model_replay.py replays the reference runs
     "caplab simulate --calibration cal.json --replay runs/RUN_ID --out runs": Known("caplab"),
     # parse-level only: a real cluster and shared storage; tests/test_executor.py runs both on a LocalCluster
