@@ -811,8 +811,10 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
         )
         lines += [f"    assumption: {a}" for a in cal.assumptions]
         lines += [f"    fit warning: {w}" for w in cal.fit_warnings()]
+    firsts = pass_firsts(list(summary))  # a configuration of passes: its first run's steps
     for label, u in (model.get("usl") or {}).items():
-        tried = float(summary[label].steps["target"].max()) if label in summary and len(summary[label].steps) else None
+        run = summary.get(firsts.get(label, label))
+        tried = float(run.steps["target"].max()) if run is not None and len(run.steps) else None
         lines.append(f"USL cross-check {label}: {usl_text(u, tried)}")
     y = _text(fig, 0.93, lines, size=7.5)
     if not validation.empty:
