@@ -14,16 +14,7 @@ from model import Calibration, Workload, confidence, replicate, simulate
 from model.calibrate import calibrate
 from model.sim import Simulation
 from model.usl import USL_MAX_PEAK_BEYOND, USL_MIN_R2, fit_usl, informative, usl, usl_text
-
-# the server settings a measured run's manifest records (the server's defaults)
-SERVER_SETTINGS = {
-    "flush_interval_ms": 100.0,
-    "batch_size": 50,
-    "heartbeat_s": 25.0,
-    "ping_timeout_s": 20.0,
-    "max_connections": 2000,
-    "max_per_company": 500,
-}
+from tests.measured import SERVER_SETTINGS
 
 QUIET = {"heartbeat_s": 1e9, "cpu_per_connect_s": 0.0}  # no pings, free connects: one queue only
 

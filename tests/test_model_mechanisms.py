@@ -12,6 +12,7 @@ from eventlog.schema import KIND_INDEX as K
 from model import Calibration, GcModel, Workload, simulate
 from model.calibrate import ILL_CONDITIONED, fit_cpu, fit_gc
 from model.sim import Simulation, fifo_with_writes
+from tests.measured import SERVER_SETTINGS as SETTINGS
 
 QUIET = {"heartbeat_s": 1e9, "cpu_per_connect_s": 0.0, "service_cv": 0.0}
 
@@ -313,30 +314,11 @@ def test_base_latency_comes_from_the_first_step_with_acks(tmp_path):
         connect_rate=1000,
     )
     run = read_run(simulate(truth, wl, tmp_path, seed=1))
-    run.manifest.server = ServerRecord(
-        settings={
-            "flush_interval_ms": 100.0,
-            "batch_size": 50,
-            "heartbeat_s": 25.0,
-            "ping_timeout_s": 20.0,
-            "max_connections": 2000,
-            "max_per_company": 500,
-        }
-    )
+    run.manifest.server = ServerRecord(settings=SETTINGS)
     assert calibrate([run]).base_latency_s == pytest.approx(0.002, abs=2e-4)
 
 
 # -- the stock fan-out's phases and the measuring client (issue 11, round 3) -------------------------
-
-
-SETTINGS = {
-    "flush_interval_ms": 100.0,
-    "batch_size": 50,
-    "heartbeat_s": 25.0,
-    "ping_timeout_s": 20.0,
-    "max_connections": 2000,
-    "max_per_company": 500,
-}
 
 
 def test_a_stock_room_emit_enqueues_for_every_recipient_before_the_first_write(tmp_path):

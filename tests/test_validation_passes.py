@@ -14,6 +14,7 @@ from lab.modelling import calibrate_measured
 from lab.passes import adapted, cross_references, group_of, pass_groups
 from lab.scenario import SimulateSpec, load_scenario
 from model import Calibration, Workload, simulate
+from tests.measured import SERVER_SETTINGS as SETTINGS
 
 
 def test_the_validation_scenario_designs_its_steps_and_repeats_each_configuration():
@@ -106,14 +107,6 @@ def test_cross_references_take_only_what_the_model_represents(tmp_path):
 
 
 TRUTH = Calibration(cpu_per_event_s=0.0005, cpu_idle_s_per_s=0.02, cpu_per_connection_s_per_s=2e-5)
-SETTINGS = {
-    "flush_interval_ms": 100.0,
-    "batch_size": 50,
-    "heartbeat_s": 25.0,
-    "ping_timeout_s": 20.0,
-    "max_connections": 2000,
-    "max_per_company": 500,
-}
 
 
 def test_an_idle_design_step_holds_the_slo(tmp_path):
