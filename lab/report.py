@@ -832,9 +832,7 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
                     "held out" if held_out else "fitted on",
                     f"{within} of {len(tested)}" + (f" ({untested} not testable)" if untested else ""),
                     fmt(band, "{:.0f}"),
-                    fmt(
-                        float(np.nanmedian(np.abs(g["error_pct"]))) if g["error_pct"].notna().any() else None, "{:.2g}"
-                    ),
+                    fmt(_median_abs(g["error_pct"]), "{:.2g}"),
                     spread_text(g),
                 ]
             )
@@ -848,8 +846,8 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
                 "the fit, 'held out' were not; 'X from Y' is configuration X predicted from Y's calibration, never "
                 "fitted on X. Each prediction is judged against the passes' mean; 'spread' is the passes' median "
                 "standard deviation over their mean. 'Within band' counts a miss inside the measured mean's own 95 % "
-                "uncertainty as held; steps where a band does not apply (saturated, or an open-loop throughput the "
-                "generator sets) are not testable."
+                "uncertainty as held; steps where a band does not apply (saturated; p95 where the generator fell behind "
+                "its schedule; an open-loop throughput the generator sets) are not testable."
             ],
             size=7.5,
         )
@@ -955,7 +953,8 @@ def validation_page(pdf: PdfPages, validation: pd.DataFrame, colors: Mapping[str
         [
             "Filled: held-out steps; hollow: steps the fit saw. Error bars: the measured mean's 95 % uncertainty "
             "(from the passes' spread; a single run's throughput: its Poisson count). Steps where the band does not "
-            "apply (saturated p95, throughput below saturation) are left out; errors beyond +-150 % sit on the edge. "
+            "apply (p95 saturated or generator-bound, throughput below saturation) are left out; errors beyond +-150 % "
+            "sit on the edge. "
             "The rows are reports/NAME/validation.csv."
         ],
         size=7,

@@ -14,7 +14,7 @@
   the empirical distribution (its quantiles) instead.
 - Base latency: median ack latency of the first step's counted window, less the CPU per event.
 - Room emits without window batching: the share of each recipient's write cost spent before the
-  first write, from when a fan-out's first push arrives.
+  first write, from each fan-out's first push against its sender's ack.
 - The measuring client: the load generator's CPU per message it sends or reads, from its own CPU
   counter; the model queues the generator's messages on it only when it predicts a measured run.
 """

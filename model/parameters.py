@@ -50,7 +50,7 @@ class Calibration(BaseModel):
         le=1,
         description="room emit without window batching: share of each recipient's write cost spent before the "
         "first write (stock: a send task per recipient; fast: building what each socket is sent), fitted from "
-        "when a fan-out's first push arrives",
+        "each fan-out's first push against its sender's ack",
     )
     service_cv: float = Field(1.0, ge=0, description="coefficient of variation of service times (gamma)")
     base_latency_s: float = Field(0.0, ge=0, description="client + kernel time outside the server loop")
