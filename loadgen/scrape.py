@@ -18,6 +18,7 @@ COUNTERS = (
     "packets_out",
     "handler_seconds",
     "cpu_seconds",
+    "wakeups",
     "rss_bytes",
     "loop_lag_s",
     "loop_lag_max_s",

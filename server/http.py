@@ -17,7 +17,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .metrics import by_label, counter_value
+from .metrics import by_label, counter_value, loop_wakeups
 
 if TYPE_CHECKING:
     from .app import LabServer
@@ -97,6 +97,7 @@ def snapshot(lab: LabServer) -> dict:
             "packets_out": counter_value(m.packets_out),
             "handler_seconds": counter_value(m.handler_seconds),
             "cpu_seconds": cpu.user + cpu.system,
+            "wakeups": loop_wakeups(),  # read here, in the loop's thread
             "rss_bytes": rss,
             "loop_lag_s": lab.loop_lag.last,
             "loop_lag_max_s": lab.lag_max_window,

@@ -77,6 +77,27 @@ async def test_prometheus_text_parses(start_server):
     assert (await get(server.url, "/socket-metrics?format=xml"))[0] == 400
 
 
+@pytest.mark.parametrize("profile", ["baseline", "optimized"])  # asyncio's loop and uvloop
+async def test_loop_wakeups_count_the_loops_waits(start_server, profile):
+    """Issue 11: the loop thread's wake-ups from idle, in JSON and Prometheus, read in the loop's own
+    thread: a request after an idle pause wakes it, so 20 spaced calls add at least 20, and the two
+    exports agree (the Prometheus read comes later, so never less)."""
+    server, users = start_server(profile, companies=1, users=1)
+    c = await Client.connect(server.url, users[0]["token"])
+    _status, before = await get(server.url, "/socket-metrics")
+    for i in range(20):
+        await c.call("echo", i)
+        await asyncio.sleep(0.02)  # the loop goes idle between calls
+    _status, after = await get(server.url, "/socket-metrics")
+    _status, text = await get(server.url, "/socket-metrics?format=prometheus")
+    await c.close()
+    woke = after["counters"]["wakeups"] - before["counters"]["wakeups"]
+    assert woke >= 20, woke
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    exported = families["socketio_loop_wakeups"]
+    assert exported.type == "counter" and exported.samples[0].value >= after["counters"]["wakeups"]
+
+
 async def test_cleanup_needs_admin_token(start_server):
     server, _ = start_server("optimized", companies=1, users=1, env={"SOCKET_ADMIN_TOKEN": "s3cret"})
     assert (await get(server.url, "/socket-cleanup", method="POST"))[0] == 401
