@@ -1,8 +1,11 @@
 """Fit the model's parameters from event logs (the scraped server counters and client latencies).
 
 - CPU: non-negative least squares of the per-interval CPU rate on event, delivery, packet, connect,
-  live-connection and (several nodes) Redis publish/receive rates (samples where the loop was below
-  90 % busy). Each cost comes with its standard error, and the design with its condition number
+  live-connection, loop wake-up and (several nodes) Redis publish/receive rates (samples where the
+  loop was below 90 % busy). The wake-ups (the server's count of its loop thread blocking and being
+  woken) are why the CPU per event falls with load: at 100 events/s each event woke the loop 2.6
+  times, at 2000 events/s 0.4 times; a fit without them puts that fall into its intercept and its
+  per-connection cost. Each cost comes with its standard error, and the design with its condition number
   (columns scaled to unit length): above ``ILL_CONDITIONED`` the regressors move together and the
   split of CPU among them is not identified, which the calibration file says (``fit.cpu.warnings``).
   When the server counts its collector's time (``gc_pause_s``), that time is taken out of the CPU
@@ -16,7 +19,8 @@
 - Room emits without window batching: the share of each recipient's write cost spent before the
   first write, from each fan-out's first push against its sender's ack.
 - The measuring client: the load generator's CPU per message it sends or reads, from its own CPU
-  counter; the model queues the generator's messages on it only when it predicts a measured run.
+  counter, and its effective send tick, from the bursts its sends went out in; the model queues the
+  generator's messages on it, and sends them in ticks, only when it predicts a measured run.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from eventlog import Run, steps
 
 from .parameters import Calibration, GcModel
 
-REGRESSORS = ("events_in", "events_out", "packets", "connects", "connections", "published", "received")
+REGRESSORS = ("events_in", "events_out", "packets", "connects", "connections", "wakeups", "published", "received")
 # regressor -> the Calibration field its cost goes to
 COST_FIELD = {
     "idle": "cpu_idle_s_per_s",
@@ -40,6 +44,7 @@ COST_FIELD = {
     "packets": "cpu_per_packet_s",
     "connects": "cpu_per_connect_s",
     "connections": "cpu_per_connection_s_per_s",
+    "wakeups": "cpu_per_wakeup_s",
     "published": "cpu_per_publish_s",
     "received": "cpu_per_receive_s",
 }
@@ -96,6 +101,7 @@ def rates(wide: pd.DataFrame) -> pd.DataFrame:
             "events_out",
             "packets_out",
             "connects",
+            "wakeups",
             "gc_collections",
             "redis_published",
             "redis_received",
@@ -289,6 +295,44 @@ def fit_client(df: pd.DataFrame) -> tuple[float, dict]:
     }
 
 
+BURST_GAP_S = 1e-4  # sends closer than this left the generator in one burst (its CPU per send is ~20 us)
+TICK_RANGE_S = (1e-4, 0.05)
+
+
+def fit_client_tick(runs: list[pd.DataFrame]) -> tuple[float, dict]:
+    """The measuring generator's effective send tick: it sends what fell due within a tick together,
+    so its sends leave in bursts. A tick T over Poisson sends at rate r gives (1 - exp(-r T)) / T
+    bursts per second; T is fitted (least squares in bursts per second) over the counted windows of
+    every run's steps, from the sends' real times (intended time plus the send lag the row records)."""
+    rate, bursts = [], []
+    for df in runs:
+        sends = df[df["kind"] == "send"]
+        if sends.empty or ("value" in sends and bool((sends["value"].fillna(1.0) > 1).any())):
+            continue  # no sends, or a sampled log (a row stands for several sends): no bursts to count
+        real = np.sort((sends["t"] + sends["latency_s"].fillna(0.0)).to_numpy(float))
+        for row in steps(df).itertuples():
+            x = real[(real >= row.window_start) & (real < row.end)]
+            span = float(row.end - row.window_start)
+            if x.size >= 20 and span > 0:  # a window with sends to count bursts in
+                rate.append(x.size / span)
+                bursts.append((1 + int((np.diff(x) > BURST_GAP_S).sum())) / span)
+    if len(rate) < 2:
+        return 0.0, {"windows": len(rate), "why": "fewer than two step windows with sends"}
+    r, b = np.asarray(rate), np.asarray(bursts)
+    fit = optimize.minimize_scalar(
+        lambda tick: float((((1 - np.exp(-r * tick)) / tick - b) ** 2).sum()), bounds=TICK_RANGE_S, method="bounded"
+    )
+    tick = float(fit.x)
+    pred = (1 - np.exp(-r * tick)) / tick
+    return tick, {
+        "windows": len(rate),
+        "tick_s": tick,
+        "max_rel_error": float(np.max(np.abs(pred - b) / b)),
+        "sends_per_s": [round(float(v), 1) for v in r],
+        "bursts_per_s": [round(float(v), 1) for v in b],
+    }
+
+
 def fit_enqueue_share(df: pd.DataFrame, cpu: dict, stock: bool, nodes: int = 1) -> tuple[float, dict]:
     """The share of each recipient's write cost spent before a room emit's first write (the model's
     ``enqueue_share``), from each fan-out's first push against its sender's ack, so the wait before
@@ -315,6 +359,8 @@ def fit_enqueue_share(df: pd.DataFrame, cpu: dict, stock: bool, nodes: int = 1) 
 
 
 def base_latency(df: pd.DataFrame, cpu_per_event: float) -> float:
+    """The first step's median ack latency less ``cpu_per_event`` (the caller's: the event's own cost,
+    and the wake-up it pays when it finds the loop idle)."""
     st = steps(df)
     acks = df[df["kind"] == "ack"]
     if acks.empty:
@@ -348,8 +394,10 @@ def calibrate(runs: list[Run]) -> Calibration:
     cpu, cpu_q = fit_cpu(r, exclude_gc=int(pauses.sum()) >= GC_MIN_PAUSES)
     mem_base, mem_conn, mem_q = fit_memory(r)
     gc = fit_gc(events, r, cpu_excluded=cpu_q["gc_excluded"])
-    base = float(np.median([base_latency(run.events, cpu["cpu_per_event_s"]) for run in runs]))
+    own = cpu["cpu_per_event_s"] + cpu["cpu_per_wakeup_s"]  # at the first step's rate an event finds the loop idle
+    base = float(np.median([base_latency(run.events, own) for run in runs]))
     client = [fit_client(run.events) for run in runs]
+    tick, tick_q = fit_client_tick([run.events for run in runs])
     stock = not (batching or toggles.get("fast_fanout") or toggles.get("recovery"))
     windowed = batching and not toggles.get("batch_flush_soon")  # pushes wait for the tick: no first-write time
     enqueue = (
@@ -378,6 +426,7 @@ def calibrate(runs: list[Run]) -> Calibration:
         **(cpu | {"cpu_per_event_s": max(cpu["cpu_per_event_s"], 1e-7)}),
         base_latency_s=base,
         client_cpu_per_message_s=client_s,
+        client_tick_s=tick,
         enqueue_share=float(np.median([e for e, _ in enqueue])),
         memory_base_bytes=mem_base,
         memory_per_connection_bytes=mem_conn,
@@ -397,6 +446,7 @@ def calibrate(runs: list[Run]) -> Calibration:
             "cpu": cpu_q,
             "memory": mem_q,
             "client": [q for _, q in client],
+            "client_tick": tick_q,
             "enqueue_share": [q for _, q in enqueue],
             "units": {"cpu": "seconds of loop time", "memory": "bytes"},
         },

@@ -42,6 +42,12 @@ class Calibration(BaseModel):
     )
     cpu_per_connect_s: float = Field(0.0, ge=0, description="per accepted connection, auth included")
     cpu_per_connection_s_per_s: float = Field(0.0, ge=0, description="heartbeats and upkeep per live connection")
+    cpu_per_wakeup_s: float = Field(
+        0.0,
+        ge=0,
+        description="per wake-up of the event loop from idle (a job that finds the loop idle pays it): what "
+        "makes the CPU per event fall with load, as more events share a wake-up",
+    )
     cpu_per_publish_s: float = Field(0.0, ge=0, description="per room event published to Redis, on its node")
     cpu_per_receive_s: float = Field(0.0, ge=0, description="per room event heard from Redis, on every node")
     enqueue_share: float = Field(
@@ -56,6 +62,12 @@ class Calibration(BaseModel):
     base_latency_s: float = Field(0.0, ge=0, description="client + kernel time outside the server loop")
     client_cpu_per_message_s: float = Field(
         0.0, ge=0, description="the measuring load generator's CPU per message it sends or reads (its own counter)"
+    )
+    client_tick_s: float = Field(
+        0.0,
+        ge=0,
+        description="the measuring generator's effective send tick: sends due within one go out together at "
+        "its end (fitted from the sends' bursts); the server wakes once per burst. Used with measured_client",
     )
     measured_client: bool = Field(
         False,

@@ -28,7 +28,8 @@ MARKERS = ("step", "step_eps", "hold", "end")
 class Trace:
     """A measured run's arrivals, sorted by time."""
 
-    send_t: np.ndarray
+    send_t: np.ndarray  # when each send left the generator (the server met it then)
+    send_lag: np.ndarray  # how long after it fell due (its row's time is when it fell due)
     send_conn: np.ndarray
     send_chat: np.ndarray
     connect_t: np.ndarray
@@ -46,7 +47,11 @@ class Trace:
     def from_run(cls, run: Run) -> Trace:
         df = run.events
         kind, name = df["kind"].astype(str), df["name"].astype(str)
-        sends = df[kind == "send"].sort_values("t", kind="stable")
+        sends = df[kind == "send"]
+        # the time each send left the generator (its intended time plus the lag the row records): the
+        # server met the sends in the bursts they went out in, and its wake-ups follow them
+        lag = sends["latency_s"].fillna(0.0).clip(lower=0.0)
+        sends = sends.assign(t=sends["t"] + lag, lag=lag).sort_values("t", kind="stable")
         if sends.empty:
             raise ValueError(f"run {run.run_id} holds no send rows: nothing to replay")
         marks = df[(kind == "sample") & (df["node"] < 0) & name.isin(MARKERS)].sort_values("t", kind="stable")
@@ -64,6 +69,7 @@ class Trace:
         closes = closes[np.asarray(own, bool)].sort_values("t", kind="stable")
         return cls(
             send_t=sends["t"].to_numpy(float),
+            send_lag=sends["lag"].to_numpy(float),
             send_conn=sends["conn"].to_numpy(np.int64),
             send_chat=(sends["name"].astype(str) == "chat").to_numpy(),
             connect_t=connects["t"].to_numpy(float),

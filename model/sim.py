@@ -52,6 +52,7 @@ NAMES = [
     "gc_collections",
     "too_old",
     "overrun",
+    "wakeups",
 ]
 NAME = {n: i for i, n in enumerate(NAMES)}
 K = KIND_INDEX
@@ -67,6 +68,14 @@ def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
     the server busy until ``free_at``: done_n = S_n + max(free_at, max_{k<=n}(t_k - S_{k-1}))."""
     S = np.cumsum(s)
     return S + np.maximum(np.maximum.accumulate(t - (S - s)), free_at)
+
+
+def idle_arrivals(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
+    """Which jobs (sorted arrivals ``t``, services ``s``) find the loop idle: each wakes it, and with a
+    per-wake-up cost pays it. One pass: the cost the wakers add is not fed back, so a job that arrives
+    less than one wake-up cost after a waker's idle-time completion is still counted as waking it."""
+    done = lindley(t, s, free_at)
+    return t > np.concatenate([[free_at], done[:-1]])
 
 
 def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: float, t1: float) -> tuple:
@@ -302,6 +311,7 @@ class NodeState:
     lag_max: float = 0.0
     pending: dict[int, list[np.ndarray]] = field(default_factory=dict)  # company -> enqueued chat send times
     closed: int = 0
+    wakeups: int = 0  # jobs that found the loop idle (the server counts its loop thread's wake-ups)
 
 
 class Simulation:
@@ -329,6 +339,7 @@ class Simulation:
         # trace: a measured run's arrivals (sends, connects, client closes) replayed as they happened
         self.trace = trace
         self.trace_chat = np.empty(0, bool)
+        self.trace_lag = self.ev_lag = np.empty(0)
         n = max(wl.max_connections, trace.max_conn + 1 if trace is not None else 0) + 1
         self.live = np.zeros(n, bool)  # change it only through set_live: the counts and caches follow it
         self.company = np.array([wl.company_of(i) for i in range(n)], np.int32)
@@ -359,6 +370,8 @@ class Simulation:
         self.sequenced = nodes > 1 and bool(cal.toggles.get("recovery"))
         # the measuring client's loop: only when the model predicts a measurement (cal.measured_client)
         self.rows = Rows(sink, log, cal.client_cpu_per_message_s if cal.measured_client else 0.0)
+        # its send tick too, unless a replay's trace already holds the real send times
+        self.tick = cal.client_tick_s if cal.measured_client and trace is None else 0.0
         self.rate = 0.0
         self.connects = Attempts()
         self.events_in = 0
@@ -470,6 +483,7 @@ class Simulation:
                     ("connects", self.connects_ok / self.n_nodes),
                     ("gc_collections", self.gc_count / self.n_nodes),
                     ("loop_lag_max_s", st.lag_max),
+                    ("wakeups", st.wakeups),
                 ):
                     rows.add(K["sample"], t, node=n, name=NAME[name], value=value)
                 st.lag_max = 0.0
@@ -495,6 +509,7 @@ class Simulation:
         if self.trace is not None:  # exactly the measured sends, whatever the model made of their clients
             a, b = np.searchsorted(self.trace.send_t, [t0, t1])
             self.trace_chat = self.trace.send_chat[a:b]
+            self.trace_lag = self.trace.send_lag[a:b]
             return self.trace.send_t[a:b], self.trace.send_conn[a:b]
         ids = np.flatnonzero(self.live)
         if ids.size == 0 or self.rate <= 0:
@@ -525,6 +540,13 @@ class Simulation:
         self.rows.watermark = t0  # every row from here on is at t0 or later
         due = self.connects.due(t1)  # connection attempts due now
         ev_t, ev_c = self.arrivals(t0, t1)
+        # when each send left the generator after it fell due (a replay: as its row records; predicting a
+        # measurement: at the end of the generator's tick). The loop meets it then; the client times it,
+        # and its ack and pushes, from when it fell due, as the generator does
+        self.ev_lag = self.trace_lag if self.trace is not None else np.zeros(ev_t.size)
+        if self.tick > 0:
+            sent = np.ceil(ev_t / self.tick) * self.tick
+            self.ev_lag, ev_t = sent - ev_t, sent
         self.events_in += ev_t.size
         is_chat = self.r_mix.random(ev_t.size) < self.p_chat
         if self.trace is not None:
@@ -636,6 +658,12 @@ class Simulation:
             return
         order = np.argsort(t_all, kind="stable")
         t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
+        # a job that finds the loop idle wakes it (the kernel, the selector, a cold cache): the share of that
+        # cost each event carries falls as load rises and more jobs arrive while the loop is busy
+        woke = idle_arrivals(t_all, s_all, st.free_at)
+        st.wakeups += int(woke.sum())
+        if cal.cpu_per_wakeup_s > 0:
+            s_all = s_all + cal.cpu_per_wakeup_s * woke
         # the fast fan-out's writes: one job per room emit, served when the loop reaches it
         follow = np.full(t_all.size, -1.0)  # no writes
         spawn: dict[int, tuple[np.ndarray, float]] = {}
@@ -644,7 +672,8 @@ class Simulation:
             handled_here = (k_all == EV_CHAT) & (not self.sequenced)
             for j in np.flatnonzero(handled_here | (k_all == JOB_REMOTE)):
                 if k_all[j] == EV_CHAT:
-                    company, sent = int(self.company[ev_c[i_all[j]]]), float(t_all[j])
+                    company = int(self.company[ev_c[i_all[j]]])
+                    sent = float(t_all[j] - self.ev_lag[i_all[j]])
                 else:
                     assert remote is not None
                     sent, company = remote[2][i_all[j]], int(remote[3][i_all[j]])
@@ -755,8 +784,10 @@ class Simulation:
         if not ev.any():
             return
         t, d, s0, k, conn = t_all[ev], done[ev], start[ev], k_all[ev], ev_c[i_all[ev]]
+        lag = self.ev_lag[i_all[ev]]
+        t = t - lag  # when each fell due: the client's clock for its send, ack and pushes
         names = np.where(k == EV_CHAT, NAME["chat"], NAME["echo"])
-        rows.add(K["send"], t, conn=conn, name=names, latency=0.0, nbytes=self.wl.payload_bytes)
+        rows.add(K["send"], t, conn=conn, name=names, latency=lag, nbytes=self.wl.payload_bytes)
         lat = d + base - t
         ok = lat <= timeout
         rows.add(K["ack"], (d + base)[ok], conn=conn[ok], name=names[ok], latency=lat[ok], nbytes=self.wl.payload_bytes)
@@ -773,6 +804,7 @@ class Simulation:
             if self.fast:
                 continue  # its writes are a job of their own (emit_writes)
             first = s0[j] + cal.cpu_per_event_s + (cal.cpu_per_publish_s if self.n_nodes > 1 else 0.0)
+            first += cal.cpu_per_wakeup_s if s0[j] <= t[j] + lag[j] else 0.0  # it woke the loop: it started at once
             when = first + self.stock_writes(np.full(members.size, members.size), np.arange(members.size) + 1) + base
             rows.add(K["push"], when, conn=members, node=-1, name=NAME["chat"], latency=when - t[j])
 

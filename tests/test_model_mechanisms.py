@@ -446,3 +446,94 @@ def test_the_client_queue_is_the_same_when_rows_are_flushed_mid_run():
         cols[5][np.isnan(cols[5])] = -1.0
     order_a, order_b = np.lexsort((whole[5], whole[1], whole[0])), np.lexsort((chunks[5], chunks[1], chunks[0]))
     assert np.allclose(whole[0][order_a], chunks[0][order_b]) and np.allclose(whole[5][order_a], chunks[5][order_b])
+
+
+# -- CPU per event falls with load: the loop's wake-ups (issue 11) ---------------------------------
+
+
+def test_a_job_wakes_the_loop_only_when_it_finds_it_idle():
+    from model.sim import idle_arrivals
+
+    spaced = idle_arrivals(np.array([0.5, 1.0, 2.0]), np.full(3, 0.1), 0.0)
+    burst = idle_arrivals(np.array([0.5, 0.51, 0.52]), np.full(3, 0.1), 0.0)
+    busy = idle_arrivals(np.array([0.5]), np.array([0.1]), free_at=0.6)  # the loop still works when it arrives
+    assert spaced.tolist() == [True, True, True] and burst.tolist() == [True, False, False]
+    assert busy.tolist() == [False]
+
+
+def test_cpu_per_event_falls_with_load_by_the_wake_ups_events_share():
+    """With a per-wake-up cost, an event at a low rate wakes the loop and pays for it; at a high rate
+    more events arrive while the loop works, so the CPU per event falls. Without it, it stays."""
+    per_event = {}
+    for wake in (0.0, 2e-4):
+        # the connections open 0.1 us apart at 1 us each: one busy period
+        cal = Calibration(cpu_per_event_s=1e-4, cpu_per_wakeup_s=wake, **(QUIET | {"cpu_per_connect_s": 1e-6}))
+        for rate in (100.0, 3000.0):  # events per second in all
+            wl = Workload(
+                steps=[{"connections": 100, "hold_s": 10}],
+                events_per_second=rate,
+                mix={"echo": 1.0},
+                companies=1,
+                connect_rate=1e7,
+                ack_timeout_s=1e9,
+            )
+            sim = Simulation(cal, wl, seed=2)
+            sim.run()
+            woke = sum(st.wakeups for st in sim.nodes) - 1  # the connections opened in one burst
+            work = total_work(sim) - 100 * 1e-6 - wake  # less the connections' work and their one wake-up
+            per_event[wake, rate] = (work / sim.events_in, woke / sim.events_in)
+    assert per_event[0.0, 100.0][0] == pytest.approx(per_event[0.0, 3000.0][0], rel=1e-9)  # no wake cost: flat
+    low, high = per_event[2e-4, 100.0], per_event[2e-4, 3000.0]
+    assert low[1] > 0.95 and high[1] < 0.8  # at 3000 events/s the loop is busy when many arrive
+    assert low[0] == pytest.approx(1e-4 + 2e-4 * low[1], rel=1e-6)
+    assert high[0] < low[0] - 2e-4 * 0.2
+
+
+def test_the_wake_up_cost_is_fitted_back_from_the_servers_count(tmp_path):
+    """Round trip: a simulated run logs its wake-ups as the server does; calibrating from it finds
+    the per-wake-up cost and the per-event cost apart (rates that change the wake-ups per event)."""
+    from eventlog.manifest import ServerRecord
+    from model.calibrate import calibrate
+
+    truth = Calibration(cpu_per_event_s=1e-4, cpu_per_wakeup_s=3e-4, cpu_idle_s_per_s=0.01, **QUIET)
+    wl = Workload(
+        steps=[{"connections": 200, "hold_s": 10, "events_per_second": r} for r in (5.0, 500.0, 2000.0, 3000.0)],
+        events_per_second=1.0,
+        mix={"echo": 1.0},
+        companies=1,
+        connect_rate=1e5,
+        ack_timeout_s=1e9,
+    )
+    run = read_run(simulate(truth, wl, tmp_path, seed=4))
+    assert (run.events["name"].astype(str) == "wakeups").any()
+    run.manifest.server = ServerRecord(settings=SETTINGS)
+    cal = calibrate([run])
+    assert cal.cpu_per_wakeup_s == pytest.approx(3e-4, rel=0.25)
+    assert cal.cpu_per_event_s == pytest.approx(1e-4, rel=0.25)
+
+
+def test_the_generators_tick_bunches_its_sends_and_is_fitted_back(tmp_path):
+    """Predicting a measured run, the model sends what falls due within the generator's tick at its
+    end, so the server wakes once per burst; the tick is fitted back from the sends' bursts."""
+    from model.calibrate import fit_client_tick
+
+    wl = Workload(
+        steps=[{"connections": 200, "hold_s": 8, "events_per_second": r} for r in (50.0, 400.0, 1500.0)],
+        events_per_second=1.0,
+        mix={"echo": 1.0},
+        companies=1,
+        connect_rate=1e5,
+        ack_timeout_s=1e9,
+    )
+    cal = Calibration(cpu_per_event_s=2e-5, client_tick_s=0.0015, **QUIET)
+    apart = read_run(simulate(cal, wl, tmp_path / "a", seed=5))  # not a measured run: no tick
+    ticked = read_run(simulate(cal.model_copy(update={"measured_client": True}), wl, tmp_path / "b", seed=5))
+    tick, q = fit_client_tick([ticked.events])
+    assert tick == pytest.approx(0.0015, rel=0.1) and q["windows"] == 3
+    assert fit_client_tick([apart.events])[0] < 0.0003  # Poisson sends: hardly any bursts
+
+    def woke(run):
+        s = run.events[run.events["name"].astype(str) == "wakeups"]
+        return float(s["value"].max())
+
+    assert woke(ticked) < 0.8 * woke(apart)

@@ -28,6 +28,10 @@ def test_a_replay_meets_exactly_the_measured_sends_and_connects(tmp_path, profil
         m = measured[measured["kind"] == kind].sort_values("t")
         r = replayed[replayed["kind"] == kind].sort_values("t")
         assert np.allclose(m["t"], r["t"]) and (m["conn"].to_numpy() == r["conn"].to_numpy()).all(), kind
+    # each send reaches the model's loop when the generator sent it: the lag its measured row records
+    m_lag = measured[measured["kind"] == "send"].sort_values("t", kind="stable")["latency_s"].fillna(0.0)
+    r_lag = replayed[replayed["kind"] == "send"].sort_values("t", kind="stable")["latency_s"]
+    assert np.allclose(m_lag.clip(lower=0).to_numpy(), r_lag.to_numpy()) and m_lag.max() > 0
     sends = measured[measured["kind"] == "send"]
     chats_m = sends[sends["name"] == "chat"].sort_values("t")["t"].to_numpy()
     chats_r = replayed[(replayed["kind"] == "send") & (replayed["name"] == "chat")].sort_values("t")["t"].to_numpy()
