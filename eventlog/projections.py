@@ -207,6 +207,30 @@ def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
     return total
 
 
+def step_costs(events: Source) -> pd.DataFrame:
+    """Per load step's counted window, from the server's own counters (all nodes): events/s, CPU,
+    CPU per event, loop wake-ups per second and per event (NaN where the log has no wake-up count or
+    no event). The CPU per event falls with load because more events share each wake-up (issue 11)."""
+    ov = overview(events)
+    df, rows = ov.samples, []
+    for st in _steps_from(df, ov.t_max).itertuples():
+        t0, t1 = float(st.window_start), float(st.end)
+        ev, cpu = _node_rate(df, "events_in", t0, t1), _node_rate(df, "cpu_seconds", t0, t1)
+        woke = _node_rate(df, "wakeups", t0, t1) if len(_samples(df, "wakeups")) else float("nan")
+        rows.append(
+            {
+                "step": st.step,
+                "target": st.target,
+                "events_per_s": ev,
+                "cpu_pct": 100 * cpu,
+                "cpu_us_per_event": 1e6 * cpu / ev if ev > 0 else float("nan"),
+                "wakeups_per_s": woke,
+                "wakeups_per_event": woke / ev if ev > 0 else float("nan"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 class BenchmarkRow(TypedDict):
     """One run's row of the seed guide's benchmark table (units in the names; NaN: not measured)."""
 

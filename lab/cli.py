@@ -107,7 +107,7 @@ def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
 def _show_run(run_dir: Path) -> int:
     """The manifest (with the status to report), then the benchmark row; a skipped part or a row that
     cannot be computed is one line on stderr each."""
-    from eventlog import benchmark_row, read_run, run_status
+    from eventlog import benchmark_row, read_run, run_status, step_costs
 
     from .tables import connection_counts, format_row
 
@@ -127,6 +127,10 @@ def _show_run(run_dir: Path) -> int:
         print(f"caplab runs: error: {run_dir.name}: no benchmark row: {_why_no_row(run, exc)}", file=sys.stderr)
         return 1
     print(format_row(row, connection_counts(run)))
+    costs = step_costs(run)
+    if len(costs):
+        print("per step, from the server's counters (CPU per event falls as more events share a loop wake-up):")
+        print(costs.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return 0
 
 

@@ -537,3 +537,23 @@ def test_the_generators_tick_bunches_its_sends_and_is_fitted_back(tmp_path):
         return float(s["value"].max())
 
     assert woke(ticked) < 0.8 * woke(apart)
+
+
+def test_step_costs_show_the_cpu_per_event_falling_as_events_share_wake_ups(tmp_path):
+    """eventlog.step_costs (what `caplab runs RUN` prints) reads the wake-ups the log holds: on a model
+    run with a wake-up cost, CPU per event and wake-ups per event both fall from step to step."""
+    from eventlog import step_costs
+
+    cal = Calibration(cpu_per_event_s=1e-4, cpu_per_wakeup_s=2e-4, **(QUIET | {"cpu_per_connect_s": 1e-6}))
+    wl = Workload(
+        steps=[{"connections": 100, "hold_s": 8, "events_per_second": r} for r in (50.0, 1000.0, 3000.0)],
+        events_per_second=1.0,
+        mix={"echo": 1.0},
+        companies=1,
+        connect_rate=1e7,
+    )
+    costs = step_costs(read_run(simulate(cal, wl, tmp_path, seed=6)))
+    assert costs["events_per_s"].to_numpy() == pytest.approx([50, 1000, 3000], rel=0.15)
+    per_event, woke = costs["cpu_us_per_event"].to_numpy(), costs["wakeups_per_event"].to_numpy()
+    assert (np.diff(per_event) < 0).all() and (np.diff(woke) < 0).all()
+    assert per_event[0] == pytest.approx(100 + 200 * woke[0], rel=0.05)  # microseconds: event + its wake-ups
