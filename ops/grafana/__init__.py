@@ -216,6 +216,18 @@ def node_health() -> list:
             description="One core is 100 %: a node is one Python process.",
         ),
         chart(
+            "Event-loop wake-ups per event",
+            "short",
+            q(
+                f"rate(socketio_loop_wakeups_total{{{SEL}}}[{WINDOW}])"
+                f" / sum without (event) (rate(socketio_events_received_total{{{SEL}}}[{WINDOW}]))",
+                "{{instance}}",
+            ),
+            description="Times the loop woke from idle per inbound event. Near or above 1 the loop mostly idles "
+            "between events and each pays a wake-up; as load rises events share them and CPU per event falls "
+            "(issue 11: the capacity model's per-wake-up cost).",
+        ),
+        chart(
             "Rooms",
             "short",
             q(f"socketio_rooms{{{SEL}}}", "{{instance}}"),
