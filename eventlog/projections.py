@@ -197,14 +197,16 @@ def peak_memory_mb(rss: pd.DataFrame) -> float:
     return float(per.sort_index().ffill().sum(axis=1).max() / 1e6)
 
 
-def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float) -> float:
-    """Sum over nodes of the counter's increase per second within [t0, t1]."""
-    total = 0.0
+def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float, missing: float = 0.0) -> float:
+    """Sum over nodes of the counter's increase per second within [t0, t1]; ``missing`` when no node
+    has two samples of it there."""
+    total, seen = 0.0, False
     for _, s in _samples(df, name).groupby("node"):
         s = s[(s["t"] >= t0) & (s["t"] <= t1)]
         if len(s) >= 2 and s["t"].iloc[-1] > s["t"].iloc[0]:
             total += (s["value"].iloc[-1] - s["value"].iloc[0]) / (s["t"].iloc[-1] - s["t"].iloc[0])
-    return total
+            seen = True
+    return total if seen else missing
 
 
 def step_costs(events: Source) -> pd.DataFrame:
@@ -215,17 +217,18 @@ def step_costs(events: Source) -> pd.DataFrame:
     df, rows = ov.samples, []
     for st in _steps_from(df, ov.t_max).itertuples():
         t0, t1 = float(st.window_start), float(st.end)
-        ev, cpu = _node_rate(df, "events_in", t0, t1), _node_rate(df, "cpu_seconds", t0, t1)
-        woke = _node_rate(df, "wakeups", t0, t1) if len(_samples(df, "wakeups")) else float("nan")
+        ev, cpu, woke = (
+            _node_rate(df, name, t0, t1, missing=np.nan) for name in ("events_in", "cpu_seconds", "wakeups")
+        )
         rows.append(
             {
                 "step": st.step,
                 "target": st.target,
                 "events_per_s": ev,
                 "cpu_pct": 100 * cpu,
-                "cpu_us_per_event": 1e6 * cpu / ev if ev > 0 else float("nan"),
+                "cpu_us_per_event": 1e6 * cpu / ev if ev > 0 else np.nan,
                 "wakeups_per_s": woke,
-                "wakeups_per_event": woke / ev if ev > 0 else float("nan"),
+                "wakeups_per_event": woke / ev if ev > 0 else np.nan,
             }
         )
     return pd.DataFrame(rows)

@@ -38,6 +38,15 @@ class Trace:
     close_conn: np.ndarray
     markers: list[tuple[float, str, float]]
 
+    def __post_init__(self) -> None:
+        # the earliest due time of the sends from each one on (by sent time): what due_floor answers
+        self._floor = np.minimum.accumulate((self.send_t - self.send_lag)[::-1])[::-1]
+
+    def due_floor(self, t: float) -> float:
+        """The earliest time a send the generator sent at ``t`` or later fell due (inf: none left)."""
+        i = int(np.searchsorted(self.send_t, t))
+        return float(self._floor[i]) if i < self._floor.size else float("inf")
+
     @property
     def max_conn(self) -> int:
         ids = np.concatenate([self.send_conn, self.connect_conn, [0]])

@@ -70,12 +70,25 @@ def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
     return S + np.maximum(np.maximum.accumulate(t - (S - s)), free_at)
 
 
-def idle_arrivals(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
-    """Which jobs (sorted arrivals ``t``, services ``s``) find the loop idle: each wakes it, and with a
-    per-wake-up cost pays it. One pass: the cost the wakers add is not fed back, so a job that arrives
-    less than one wake-up cost after a waker's idle-time completion is still counted as waking it."""
-    done = lindley(t, s, free_at)
-    return t > np.concatenate([[free_at], done[:-1]])
+def wakes(t: np.ndarray, s: np.ndarray, free_at: float, wake: float) -> tuple[np.ndarray, np.ndarray]:
+    """A FIFO single server where a job that finds it idle wakes it and pays ``wake`` more: which jobs
+    woke it, and every job's completion. Exact, so a job arriving during a waker's wake-up does not
+    wake it again: done_j = max(t_j, done_{j-1}) + s_j + wake [t_j > done_{j-1}]. Without a wake
+    cost the vectorized Lindley recursion; with one a loop over the jobs (a slice's worth)."""
+    if wake <= 0 or t.size == 0:
+        done = lindley(t, s, free_at)
+        return t > np.concatenate([[free_at], done[:-1]]), done
+    woke = np.zeros(t.size, bool)
+    done = np.empty(t.size)
+    d = free_at
+    for j, (tj, sj) in enumerate(zip(t.tolist(), s.tolist(), strict=True)):
+        if tj > d:
+            woke[j] = True
+            d = tj + wake + sj
+        else:
+            d += sj
+        done[j] = d
+    return woke, done
 
 
 def fifo_with_writes(t: np.ndarray, s: np.ndarray, follow: np.ndarray, free_at: float, t1: float) -> tuple:
@@ -537,7 +550,6 @@ class Simulation:
 
     def slice(self, t0: float, t1: float) -> None:
         """Serve every node's jobs arriving in [t0, t1), in FIFO order, and write their rows."""
-        self.rows.watermark = t0  # every row from here on is at t0 or later
         due = self.connects.due(t1)  # connection attempts due now
         ev_t, ev_c = self.arrivals(t0, t1)
         # when each send left the generator after it fell due (a replay: as its row records; predicting a
@@ -547,11 +559,16 @@ class Simulation:
         if self.tick > 0:
             sent = np.ceil(ev_t / self.tick) * self.tick
             self.ev_lag, ev_t = sent - ev_t, sent
+        # every row from here on is at this time or later (a replayed send's row is when it fell due: the
+        # earliest of this and every later slice's)
+        self.rows.watermark = min(t0, self.trace.due_floor(t0)) if self.trace is not None else t0
         self.events_in += ev_t.size
         is_chat = self.r_mix.random(ev_t.size) < self.p_chat
         if self.trace is not None:
             is_chat = self.trace_chat
         if self.recovering and is_chat.any():  # before the connects: a client back in this slice missed these
+            # by when the server met them (sorted, as the buffer is): a replayed delivery's latency then
+            # leaves out its send lag, at most a tick when the model sends in ticks
             chat_t, chat_c = ev_t[is_chat], self.company[ev_c[is_chat]]
             for c in np.unique(chat_c):
                 self.chats[c].extend(chat_t[chat_c == c])
@@ -566,7 +583,8 @@ class Simulation:
                     done = lindley(t[order], svc[order], self.nodes[n].free_at)
                     m = kind[order] == EV_CHAT
                     if m.any():
-                        chat_done[n] = np.stack([done[m], t[order][m], self.company[ev_c[idx[order][m]]]])
+                        sent = t[order][m] - self.ev_lag[idx[order][m]]  # when it fell due: the client's clock
+                        chat_done[n] = np.stack([done[m], sent, self.company[ev_c[idx[order][m]]]])
             self.publish(chat_done)
         for n, jobs in enumerate(built):
             self.serve(n, t0, t1, jobs, ev_c)
@@ -658,12 +676,6 @@ class Simulation:
             return
         order = np.argsort(t_all, kind="stable")
         t_all, s_all, k_all, i_all = t_all[order], s_all[order], k_all[order], i_all[order]
-        # a job that finds the loop idle wakes it (the kernel, the selector, a cold cache): the share of that
-        # cost each event carries falls as load rises and more jobs arrive while the loop is busy
-        woke = idle_arrivals(t_all, s_all, st.free_at)
-        st.wakeups += int(woke.sum())
-        if cal.cpu_per_wakeup_s > 0:
-            s_all = s_all + cal.cpu_per_wakeup_s * woke
         # the fast fan-out's writes: one job per room emit, served when the loop reaches it
         follow = np.full(t_all.size, -1.0)  # no writes
         spawn: dict[int, tuple[np.ndarray, float]] = {}
@@ -693,12 +705,17 @@ class Simulation:
             for j, d in deferred:
                 members, sent = spawn[j]
                 self.writes[n].append((d, members.size * cal.cpu_per_packet_s, members, sent))
-        else:
-            done = lindley(t_all, s_all, st.free_at)
+        # a job that finds the loop idle wakes it (the kernel, the selector, a cold cache): the share of that
+        # cost each event carries falls as load rises and more jobs arrive while the loop is busy. On the
+        # final order, writes included (a write follows its parent's completion: it never wakes the loop);
+        # where the writes were placed is not revised for the wake-ups
+        woke, done = wakes(t_all, s_all, st.free_at, cal.cpu_per_wakeup_s)
+        st.wakeups += int(woke.sum())
+        s_all = s_all + cal.cpu_per_wakeup_s * woke
         start = done - s_all
         st.free_at = float(done[-1])
         st.work += float(s_all.sum())
-        self.emit_events(n, t_all, start, done, k_all, i_all, ev_c)
+        self.emit_events(n, t_all, start, done, k_all, i_all, ev_c, woke)
         self.emit_writes(k_all, i_all, start, payload, base)
         self.emit_connects(n, t_all, done, k_all, i_all, base)
         self.emit_pings(n, t_all, start, k_all)
@@ -778,12 +795,14 @@ class Simulation:
         k_all: np.ndarray,
         i_all: np.ndarray,
         ev_c: np.ndarray,
+        woke: np.ndarray,
     ) -> None:
         cal, rows, base, timeout = self.cal, self.rows, self.cal.base_latency_s, self.wl.ack_timeout_s
         ev = (k_all == EV_ECHO) | (k_all == EV_CHAT)
         if not ev.any():
             return
         t, d, s0, k, conn = t_all[ev], done[ev], start[ev], k_all[ev], ev_c[i_all[ev]]
+        woke = woke[ev]
         lag = self.ev_lag[i_all[ev]]
         t = t - lag  # when each fell due: the client's clock for its send, ack and pushes
         names = np.where(k == EV_CHAT, NAME["chat"], NAME["echo"])
@@ -804,7 +823,7 @@ class Simulation:
             if self.fast:
                 continue  # its writes are a job of their own (emit_writes)
             first = s0[j] + cal.cpu_per_event_s + (cal.cpu_per_publish_s if self.n_nodes > 1 else 0.0)
-            first += cal.cpu_per_wakeup_s if s0[j] <= t[j] + lag[j] else 0.0  # it woke the loop: it started at once
+            first += cal.cpu_per_wakeup_s * woke[j]  # the wake-up came before the handler
             when = first + self.stock_writes(np.full(members.size, members.size), np.arange(members.size) + 1) + base
             rows.add(K["push"], when, conn=members, node=-1, name=NAME["chat"], latency=when - t[j])
 

@@ -59,6 +59,8 @@ def loop_wakeups() -> int:
     """The calling thread's voluntary context switches: read in the event loop's thread (the metrics
     handlers run there), the times the loop blocked in select/epoll with nothing ready and was woken.
     CPU per event falls with load because these wake-ups are shared by more events (issue 11)."""
+    if not hasattr(resource, "RUSAGE_THREAD"):  # Linux only: elsewhere the count stays 0 (and is not fitted)
+        return 0
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 

@@ -80,22 +80,34 @@ async def test_prometheus_text_parses(start_server):
 @pytest.mark.parametrize("profile", ["baseline", "optimized"])  # asyncio's loop and uvloop
 async def test_loop_wakeups_count_the_loops_waits(start_server, profile):
     """Issue 11: the loop thread's wake-ups from idle, in JSON and Prometheus, read in the loop's own
-    thread: a request after an idle pause wakes it, so 20 spaced calls add at least 20, and the two
-    exports agree (the Prometheus read comes later, so never less)."""
+    thread. Against an idle stretch as long (its timers wake it too), 20 calls spaced so that the
+    loop idles between them add at least 15 (a count read in another thread would add none), and
+    the two exports agree (the Prometheus read comes later, so never less)."""
     server, users = start_server(profile, companies=1, users=1)
     c = await Client.connect(server.url, users[0]["token"])
-    _status, before = await get(server.url, "/socket-metrics")
-    for i in range(20):
-        await c.call("echo", i)
-        await asyncio.sleep(0.02)  # the loop goes idle between calls
-    _status, after = await get(server.url, "/socket-metrics")
+
+    async def woken(work) -> tuple[float, float]:
+        _status, before = await get(server.url, "/socket-metrics")
+        t0 = time.perf_counter()
+        await work()
+        elapsed = time.perf_counter() - t0
+        _status, after = await get(server.url, "/socket-metrics")
+        return after["counters"]["wakeups"] - before["counters"]["wakeups"], elapsed
+
+    async def calls() -> None:
+        for i in range(20):
+            await c.call("echo", i)
+            await asyncio.sleep(0.03)  # the loop goes idle between calls
+
+    busy, elapsed = await woken(calls)
+    idle, idle_s = await woken(lambda: asyncio.sleep(elapsed))
+    _status, now = await get(server.url, "/socket-metrics")
     _status, text = await get(server.url, "/socket-metrics?format=prometheus")
     await c.close()
-    woke = after["counters"]["wakeups"] - before["counters"]["wakeups"]
-    assert woke >= 20, woke
+    assert busy - idle * elapsed / idle_s >= 15, (busy, idle)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     exported = families["socketio_loop_wakeups"]
-    assert exported.type == "counter" and exported.samples[0].value >= after["counters"]["wakeups"]
+    assert exported.type == "counter" and exported.samples[0].value >= now["counters"]["wakeups"]
 
 
 async def test_cleanup_needs_admin_token(start_server):
