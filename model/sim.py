@@ -60,7 +60,10 @@ SLICE_S = 0.25  # the slice without batching (with batching: the flush window)
 __doc__ = (__doc__ or "").replace("{slice_s:g}", f"{SLICE_S:g}")
 Arr = np.ndarray | float | int  # a value or a column of values
 Proc = Generator[simpy.Event, Any, None]  # a SimPy process
-EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE, JOB_WRITE = range(8)
+EV_ECHO, EV_CHAT, JOB_CONNECT, JOB_PING, JOB_GC, JOB_FLUSH, JOB_REMOTE, JOB_WRITE, JOB_TIMER = range(9)
+# the server's loop-lag probe wakes the loop this often (server/memory.py LoopLagMonitor): a job of its
+# own, whose CPU is in the idle cost, so that the model wakes the loop as often as the server counts
+LAG_PROBE_S = 0.05
 
 
 def lindley(t: np.ndarray, s: np.ndarray, free_at: float) -> np.ndarray:
@@ -647,6 +650,16 @@ class Simulation:
             jobs_s.append(np.array([flush[0]]))
             jobs_k.append(np.array([JOB_FLUSH]))
             jobs_i.append(np.array([-1]))
+        # timers that wake the loop with no work the model costs: the flush tick with nothing to flush,
+        # the lag probe (their own CPU is in the idle cost; a wake-up costs what any other does)
+        timers = np.arange(np.ceil(t0 / LAG_PROBE_S), np.ceil(t1 / LAG_PROBE_S)) * LAG_PROBE_S
+        if self.batched and flush is None:
+            timers = np.concatenate([[t0], timers])
+        if timers.size:
+            jobs_t.append(timers)
+            jobs_s.append(np.zeros(timers.size))
+            jobs_k.append(np.full(timers.size, JOB_TIMER))
+            jobs_i.append(np.full(timers.size, -1))
         return {
             "t": np.concatenate(jobs_t),
             "s": np.concatenate(jobs_s),
