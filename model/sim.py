@@ -652,7 +652,7 @@ class Simulation:
             jobs_i.append(np.array([-1]))
         # timers that wake the loop with no work the model costs: the flush tick with nothing to flush,
         # the lag probe (their own CPU is in the idle cost; a wake-up costs what any other does)
-        timers = np.arange(np.ceil(t0 / LAG_PROBE_S), np.ceil(t1 / LAG_PROBE_S)) * LAG_PROBE_S
+        timers = np.arange(np.ceil(t0 / LAG_PROBE_S), np.ceil(t1 / LAG_PROBE_S), dtype=np.float64) * LAG_PROBE_S
         if self.batched and flush is None:
             timers = np.concatenate([[t0], timers])
         if timers.size:
