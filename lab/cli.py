@@ -243,7 +243,8 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
     r2 = fit.get("r2")
     if not fit.get("regressors"):
         print(
-            "caplab calibrate: warning: nothing the CPU fit uses (events, deliveries, connects, live connections) "
+            "caplab calibrate: warning: nothing the CPU fit uses (events, deliveries, connects, live connections, "
+            "wake-ups with events) "
             "moved in these runs: the CPU costs are not measured (fit R2 0); calibrate on runs under load instead",
             file=sys.stderr,
         )

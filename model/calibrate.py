@@ -135,6 +135,8 @@ def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
         warnings.append(f"not fitted (not counted in every run): {', '.join(uncounted)}; its cost is inside the others")
     # a regressor that never moved fits nothing
     names = [n for n in REGRESSORS if n in use and n not in uncounted and use[n].abs().sum() > 0]
+    if "events_in" not in names:  # an idle server's timers wake it too: without events no cost to share
+        names = [n for n in names if n != "wakeups"]
     dropped: dict[str, str] = {}
     cols = {n: use[n].to_numpy() for n in names}
     for i, a in enumerate(list(names)):  # an exact duplicate (packets = deliveries without batching) fits nothing
