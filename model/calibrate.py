@@ -131,8 +131,9 @@ def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
     y = use["cpu_seconds"].to_numpy() - (use["gc_pause_s"].to_numpy() if gc_excluded else 0.0)
     warnings: list[str] = []
     uncounted = [n for n in REGRESSORS if n in use and use[n].isna().any()]  # a counter some runs lack
-    if uncounted:
-        warnings.append(f"not fitted (not counted in every run): {', '.join(uncounted)}; its cost is inside the others")
+    for n in uncounted:
+        where = "these runs (an older server)" if use[n].isna().all() else "every run"
+        warnings.append(f"not fitted, not counted in {where}: {n}; its cost is inside the others")
     # a regressor that never moved fits nothing
     names = [n for n in REGRESSORS if n in use and n not in uncounted and use[n].abs().sum() > 0]
     if "events_in" not in names:  # an idle server's timers wake it too: without events no cost to share

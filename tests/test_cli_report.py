@@ -562,7 +562,8 @@ def test_validation_shows_each_step_against_its_band_with_the_passes_spread(tiny
     res = caplab("report", str(copy))
     assert res.returncode == 0, res.stderr
     pages = [" ".join(p.extract_text().split()) for p in PdfReader(copy / "report.pdf").pages]
-    model = next(p for p in pages if p.startswith("Model: validation"))
+    # the model page and its continuation (how much of the table fits depends on the fit's warnings)
+    model = " ".join(p for p in pages if p.startswith("Model: validation"))
     assert "spread %" in model and "7 (3 runs)" in model and "no-batching from optimized" in model
     steps = next(p for p in pages if "Validation per step: prediction error, band and noise" in p)
     assert "CPU" in steps and "no-batching from optimized" in steps and "band +-5 %" in steps

@@ -553,7 +553,7 @@ def test_a_run_without_the_wake_up_count_leaves_the_wake_up_cost_unfitted(tmp_pa
     assert calibrate([new]).cpu_per_wakeup_s > 1e-4
     pooled = calibrate([new, old])
     assert pooled.cpu_per_wakeup_s == 0.0
-    assert any("not counted in every run): wakeups" in w for w in pooled.fit_warnings())
+    assert any("not counted in every run: wakeups" in w for w in pooled.fit_warnings())
 
 
 def test_the_base_latency_leaves_out_the_generators_send_lag(tmp_path):
