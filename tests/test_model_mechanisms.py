@@ -451,6 +451,18 @@ def test_the_client_queue_is_the_same_when_rows_are_flushed_mid_run():
 # -- CPU per event falls with load: the loop's wake-ups (issue 11) ---------------------------------
 
 
+def echo_rates(rates: tuple[float, ...], conns: int = 200, hold: float = 8, connect_rate: float = 1e5) -> Workload:
+    """Echo steps at the given total rates (events/s) over a fixed set of connections."""
+    return Workload(
+        steps=[{"connections": conns, "hold_s": hold, "events_per_second": r} for r in rates],
+        events_per_second=1.0,
+        mix={"echo": 1.0},
+        companies=1,
+        connect_rate=connect_rate,
+        ack_timeout_s=1e9,
+    )
+
+
 def test_a_job_wakes_the_loop_only_when_it_finds_it_idle():
     from model.sim import wakes
 
@@ -516,14 +528,7 @@ def test_the_wake_up_cost_is_fitted_back_from_the_servers_count(tmp_path):
     from model.calibrate import calibrate
 
     truth = Calibration(cpu_per_event_s=1e-4, cpu_per_wakeup_s=3e-4, cpu_idle_s_per_s=0.01, **QUIET)
-    wl = Workload(
-        steps=[{"connections": 200, "hold_s": 10, "events_per_second": r} for r in (5.0, 500.0, 2000.0, 3000.0)],
-        events_per_second=1.0,
-        mix={"echo": 1.0},
-        companies=1,
-        connect_rate=1e5,
-        ack_timeout_s=1e9,
-    )
+    wl = echo_rates((5.0, 500.0, 2000.0, 3000.0), hold=10)
     run = read_run(simulate(truth, wl, tmp_path, seed=4))
     assert (run.events["name"].astype(str) == "wakeups").any()
     run.manifest.server = ServerRecord(settings=SETTINGS)
@@ -538,14 +543,7 @@ def test_a_run_without_the_wake_up_count_leaves_the_wake_up_cost_unfitted(tmp_pa
     from model.calibrate import calibrate
 
     truth = Calibration(cpu_per_event_s=1e-4, cpu_per_wakeup_s=3e-4, cpu_idle_s_per_s=0.01, **QUIET)
-    wl = Workload(
-        steps=[{"connections": 200, "hold_s": 8, "events_per_second": r} for r in (5.0, 2000.0, 3000.0)],
-        events_per_second=1.0,
-        mix={"echo": 1.0},
-        companies=1,
-        connect_rate=1e5,
-        ack_timeout_s=1e9,
-    )
+    wl = echo_rates((5.0, 2000.0, 3000.0))
     new, old = (read_run(simulate(truth, wl, tmp_path / x, seed=8)) for x in "ab")
     old = old.__class__(old.path, old.manifest, old.events[old.events["name"].astype(str) != "wakeups"])
     for run in (new, old):
@@ -574,14 +572,7 @@ def test_the_generators_tick_bunches_its_sends_and_is_fitted_back(tmp_path):
     end, so the server wakes once per burst; the tick is fitted back from the sends' bursts."""
     from model.calibrate import fit_client_tick
 
-    wl = Workload(
-        steps=[{"connections": 200, "hold_s": 8, "events_per_second": r} for r in (50.0, 400.0, 1500.0)],
-        events_per_second=1.0,
-        mix={"echo": 1.0},
-        companies=1,
-        connect_rate=1e5,
-        ack_timeout_s=1e9,
-    )
+    wl = echo_rates((50.0, 400.0, 1500.0))
     cal = Calibration(cpu_per_event_s=2e-5, client_tick_s=0.0015, **QUIET)
     apart = read_run(simulate(cal, wl, tmp_path / "a", seed=5))  # not a measured run: no tick
     ticked = read_run(simulate(cal.model_copy(update={"measured_client": True}), wl, tmp_path / "b", seed=5))
@@ -602,13 +593,7 @@ def test_step_costs_show_the_cpu_per_event_falling_as_events_share_wake_ups(tmp_
     from eventlog import step_costs
 
     cal = Calibration(cpu_per_event_s=1e-4, cpu_per_wakeup_s=2e-4, **(QUIET | {"cpu_per_connect_s": 1e-6}))
-    wl = Workload(
-        steps=[{"connections": 100, "hold_s": 8, "events_per_second": r} for r in (50.0, 1000.0, 3000.0)],
-        events_per_second=1.0,
-        mix={"echo": 1.0},
-        companies=1,
-        connect_rate=1e7,
-    )
+    wl = echo_rates((50.0, 1000.0, 3000.0), conns=100, connect_rate=1e7)
     costs = step_costs(read_run(simulate(cal, wl, tmp_path, seed=6)))
     assert costs["events_per_s"].to_numpy() == pytest.approx([50, 1000, 3000], rel=0.15)
     per_event, woke = costs["cpu_us_per_event"].to_numpy(), costs["wakeups_per_event"].to_numpy()
