@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import heapq
 import os
 import random
@@ -494,6 +495,10 @@ class Worker:
                 await scrape_task
             for s in self.sessions:
                 await s.close()
+            # connections the server dropped (it was killed) sit in reference cycles: collect them while
+            # the loop still runs, or their finalizers meet a closed loop ("Event loop is closed")
+            gc.collect()
+            await asyncio.sleep(0)
             cpu = os.times()
             w.row("sample", w.now(), name=gen_cpu_name(self.wid), value=cpu.user + cpu.system)
             w.close()
