@@ -266,6 +266,7 @@ def cmd_calibrate(args: argparse.Namespace, rest: list[str]) -> int:
         se = p.get("se")
         se_text = f" +- {se * 1e6:.2f}" if se is not None and math.isfinite(se) else " (at its bound: no SE)"
         print(f"  {name:<28} {p['value'] * 1e6:10.2f}{se_text} us (1 SE)")
+    print(cal.client_text())
     print(args.out)
     return 0
 

@@ -267,40 +267,65 @@ def empirical_cdf(quantiles: list[float]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.interp(x, q, levels)
 
 
-CLIENT_MESSAGES = ("send", "ack", "push", "recovered")
+CLIENT_OWN = ("send", "ack")  # the generator's own sends, and the acks that answer them
+CLIENT_PUSHES = ("push", "recovered")  # room events it reads
+CLIENT_COLLINEAR = 0.98  # push and send rates correlated past this: one cost for every message
 
 
-def fit_client(df: pd.DataFrame) -> tuple[float, dict]:
-    """The measuring generator's CPU per message it sends or reads: least squares (non-negative, with
-    an intercept for its own upkeep) of its per-interval CPU rate on messages per second, over the
-    intervals of its CPU counter (``gen_cpu_seconds:<worker>``, summed over workers). With W workers
-    the model's one client loop serves each message in 1/W of that (W loops side by side)."""
+def fit_client(df: pd.DataFrame) -> tuple[float, float, dict]:
+    """The measuring generator's CPU per send or ack and per push it reads: least squares (non-negative,
+    with an intercept for its own upkeep) of its per-interval CPU rate on sends + acks and on pushes per
+    second, over the intervals of its CPU counter (``gen_cpu_seconds:<worker>``, summed over workers).
+    A send costs it far more than reading a push (it builds, frames and schedules the message; on the
+    validation campaign's baseline pass ~52 us per send or ack, ~9 us per push), so one mean cost
+    over all messages over-charges the push bursts of a fan-out. When the push rate never moved apart
+    from the send rate (no chats, or a fixed share on a fixed room), one cost is fitted for both.
+    With W workers the model's one client loop serves each message in 1/W of that (W loops side by side)."""
     from eventlog.schema import GEN_CPU
 
     g = df[(df["kind"] == "sample") & df["name"].astype(str).str.startswith(GEN_CPU)]
     series = [x.sort_values("t") for _, x in g.groupby([g["name"].astype(str), "conn"]) if len(x) >= 3]
     if not series:
-        return 0.0, {"intervals": 0, "why": "no generator CPU samples"}
+        return 0.0, 0.0, {"intervals": 0, "why": "no generator CPU samples"}
     t = series[0]["t"].to_numpy(float)  # the workers are sampled together; the first one's clock
     cpu = sum(np.interp(t, x["t"].to_numpy(float), x["value"].to_numpy(float)) for x in series)
-    m = df[df["kind"].isin(CLIENT_MESSAGES)]
-    weight = m["value"].fillna(1.0).to_numpy(float) if "value" in m else None
-    counts = np.histogram(m["t"].to_numpy(float), bins=t, weights=weight)[0]
     dt = np.diff(t)
     ok = dt > 0
-    x, y = counts[ok] / dt[ok], np.diff(cpu)[ok] / dt[ok]
+
+    def per_s(kinds: tuple[str, ...]) -> np.ndarray:
+        m = df[df["kind"].isin(kinds)]
+        weight = m["value"].fillna(1.0).to_numpy(float) if "value" in m else None
+        return (np.histogram(m["t"].to_numpy(float), bins=t, weights=weight)[0] / np.where(ok, dt, 1.0))[ok]
+
+    own, push = per_s(CLIENT_OWN), per_s(CLIENT_PUSHES)
+    x, y = own + push, np.diff(cpu)[ok] / dt[ok]
     if x.size < 3 or np.ptp(x) == 0:
-        return 0.0, {"intervals": int(x.size), "why": "the message rate never moved"}
-    (idle, per_msg), _ = optimize.nnls(np.column_stack([np.ones_like(x), x]), y)
-    resid = y - idle - per_msg * x
+        return 0.0, 0.0, {"intervals": int(x.size), "why": "the message rate never moved"}
+    separate = np.ptp(push) > 0 and np.ptp(own) > 0 and abs(np.corrcoef(own, push)[0, 1]) < CLIENT_COLLINEAR
+    X = np.column_stack([np.ones_like(x), own, push]) if separate else np.column_stack([np.ones_like(x), x])
+    coef, _ = optimize.nnls(X, y)
+    resid = y - X @ coef
     r2 = 1 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum()) if np.ptp(y) else float("nan")
-    return float(per_msg) / len(series), {
-        "intervals": int(x.size),
-        "workers": len(series),
-        "idle_cpu_s_per_s": float(idle),
-        "per_message_s": float(per_msg),
-        "r2": r2,
-    }
+    dof = max(1, x.size - X.shape[1])
+    cov = float(resid @ resid) / dof * np.linalg.pinv(X.T @ X)
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    per_own, per_push = (coef[1], coef[2]) if separate else (coef[1], coef[1])
+    w = len(series)
+    return (
+        float(per_own) / w,
+        float(per_push) / w,
+        {
+            "intervals": int(x.size),
+            "workers": w,
+            "idle_cpu_s_per_s": float(coef[0]),
+            "per_message_s": float(per_own),
+            "per_message_se_s": float(se[1]),
+            "per_push_s": float(per_push),
+            "per_push_se_s": float(se[2] if separate else se[1]),
+            "separate": bool(separate),
+            "r2": r2,
+        },
+    )
 
 
 BURST_GAP_S = 1e-4  # sends closer than this left the generator in one burst (its CPU per send is ~20 us)
@@ -416,12 +441,18 @@ def calibrate(runs: list[Run]) -> Calibration:
     tick, tick_q = fit_client_tick([run.events for run in runs])
     stock = not (batching or toggles.get("fast_fanout") or toggles.get("recovery"))
     windowed = batching and not toggles.get("batch_flush_soon")  # pushes wait for the tick: no first-write time
-    enqueue = (
-        [fit_enqueue_share(run.events, cpu, stock, run.manifest.nodes or 1) for run in runs]
-        if not windowed
-        else [(0.0, {})]
-    )
-    client_s = float(np.median([c for c, q in client if q["intervals"]] or [0.0]))  # runs with its counter
+    # direct_write without batching writes each frame in the handler's loop (model.sim: Simulation.inline)
+    inline = not stock and not batching and bool(toggles.get("direct_write") and toggles.get("lean_transport"))
+    if windowed or inline:
+        why = "pushes wait for the flush tick" if windowed else "direct_write: each frame is written in the handler"
+        enqueue = [(0.0, {"fan_outs": 0, "why": why})]
+    else:
+        enqueue = [fit_enqueue_share(run.events, cpu, stock, run.manifest.nodes or 1) for run in runs]
+    counted = [(own, push) for own, push, q in client if q["intervals"]]  # runs with its counter
+    client_s = float(np.median([own for own, _ in counted] or [0.0]))
+    client_push_s = float(np.median([push for _, push in counted] or [0.0]))
+    upkeep = [q["idle_cpu_s_per_s"] / q["workers"] for _, _, q in client if "idle_cpu_s_per_s" in q]
+    client_upkeep = float(np.clip(np.median(upkeep), 0.0, 0.9)) if upkeep else 0.0
     assumptions = [
         "service times are gamma distributed with coefficient of variation 1 (not fitted)",
         "per-event CPU is one mean over the measured event mix",
@@ -442,6 +473,8 @@ def calibrate(runs: list[Run]) -> Calibration:
         **(cpu | {"cpu_per_event_s": max(cpu["cpu_per_event_s"], 1e-7)}),
         base_latency_s=base,
         client_cpu_per_message_s=client_s,
+        client_cpu_per_push_s=client_push_s,
+        client_upkeep_share=client_upkeep,
         client_tick_s=tick,
         enqueue_share=float(np.median([e for e, _ in enqueue])),
         memory_base_bytes=mem_base,
@@ -461,7 +494,7 @@ def calibrate(runs: list[Run]) -> Calibration:
         fit={
             "cpu": cpu_q,
             "memory": mem_q,
-            "client": [q for _, q in client],
+            "client": [q for _, _, q in client],
             "client_tick": tick_q,
             "enqueue_share": [q for _, q in enqueue],
             "units": {"cpu": "seconds of loop time", "memory": "bytes"},

@@ -61,7 +61,21 @@ class Calibration(BaseModel):
     service_cv: float = Field(1.0, ge=0, description="coefficient of variation of service times (gamma)")
     base_latency_s: float = Field(0.0, ge=0, description="client + kernel time outside the server loop")
     client_cpu_per_message_s: float = Field(
-        0.0, ge=0, description="the measuring load generator's CPU per message it sends or reads (its own counter)"
+        0.0, ge=0, description="the measuring load generator's CPU per send and per ack it reads (its own counter)"
+    )
+    client_cpu_per_push_s: float | None = Field(
+        None,
+        ge=0,
+        description="the measuring generator's CPU per push it reads (fitted apart from sends when the push rate "
+        "moved apart from the send rate); None: as client_cpu_per_message_s (calibrations before it was fitted)",
+    )
+    client_upkeep_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="share of the measuring generator's loop its own upkeep takes (timers, its timeout sweep, "
+        "samplers: the intercept of its CPU fit, per worker); a message it sends or reads waits for that too, "
+        "its time stretched by 1 / (1 - share). Used with measured_client",
     )
     client_tick_s: float = Field(
         0.0,
@@ -101,6 +115,17 @@ class Calibration(BaseModel):
         """What the fit says about itself that a reader must see: an ill-conditioned design, costs
         whose standard error exceeds them, regressors that could not be separated."""
         return list(self.fit.get("cpu", {}).get("warnings", []))
+
+    def client_text(self) -> str:
+        """The measuring generator's fitted costs, as the report and ``caplab calibrate`` print them."""
+        if not self.client_cpu_per_message_s and not self.client_cpu_per_push_s:
+            return "measuring client: not fitted"
+        push = self.client_cpu_per_push_s
+        push_text = "the same per push" if push is None else f"{push * 1e6:.3g} us per push"
+        return (
+            f"measuring client {self.client_cpu_per_message_s * 1e6:.3g} us per send or ack, {push_text}, "
+            f"its upkeep {100 * self.client_upkeep_share:.3g} % of its loop"
+        )
 
     def save(self, path: Path | str) -> Path:
         path = Path(path)

@@ -376,6 +376,40 @@ def test_the_fast_fan_out_writes_after_its_share_of_frame_building(tmp_path):
     assert fitted == pytest.approx(share, abs=0.05) and q["fan_outs"] > 10
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_direct_write_writes_each_frame_in_the_handler(tmp_path, direct):
+    """Without batching, direct_write writes each recipient's frame from the fan-out's loop: the first
+    push leaves one write after the event, the ack after the last write (measured at 500 recipients:
+    first push 1.4 ms after the send, the chat's ack 15 ms). Without it the fast fan-out acks first and
+    its writes follow as a job of their own. Either way the loop does the same work."""
+    e, d, p = 1e-4, 1e-5, 4e-5
+    toggles = {"fast_fanout": True} | ({"direct_write": True, "lean_transport": True} if direct else {})
+    cal = Calibration(cpu_per_event_s=e, cpu_per_delivery_s=d, cpu_per_packet_s=p, toggles=toggles, **QUIET)
+    sim = Simulation(cal, chat_load(conns=30, rate=2.0), seed=4)
+    cols = sim.run()
+    kind, lat = cols[1], cols[5]
+    first_push, chat_ack = np.nanmin(lat[kind == K["push"]]), np.nanmin(lat[kind == K["ack"]])
+    if direct:
+        assert first_push == pytest.approx(e + d + p, rel=1e-6)
+        assert chat_ack == pytest.approx(e + 30 * (d + p), rel=1e-6)
+    else:
+        assert chat_ack == pytest.approx(e + 30 * d, rel=1e-6) and first_push > chat_ack
+    events = int(sim.events_in)
+    assert total_work(sim) == pytest.approx(events * (e + 30 * (d + p)), rel=1e-6)
+
+
+def test_the_generators_upkeep_stretches_what_it_reads():
+    """The generator's own timers take a share of its loop (its CPU fit's intercept): every message it
+    sends or reads takes 1 / (1 - share) of its cost."""
+    from model.sim import client_costs
+
+    cal = Calibration(
+        cpu_per_event_s=1e-4, client_cpu_per_message_s=3e-5, client_cpu_per_push_s=2e-5, client_upkeep_share=0.2
+    )
+    assert client_costs(cal) == pytest.approx((3.75e-5, 2.5e-5))
+    assert client_costs(cal.model_copy(update={"client_cpu_per_push_s": None}))[1] is None
+
+
 def test_the_measuring_client_reads_one_message_after_another():
     """Five pushes reaching the client at once are read one after another; a send occupies the loop
     too; a sampled row stands for ``value`` messages; rows it is not busy for keep their times."""
@@ -393,6 +427,11 @@ def test_the_measuring_client_reads_one_message_after_another():
     assert cols[0][1:5] == pytest.approx(t[1:5] + cols[5][1:5] - lat[1:5])
     assert cols[0][5] == pytest.approx(2.0) and cols[5][5] == pytest.approx(0.01) and cols[0][0] == 0.999
     assert free == pytest.approx(2.002)
+    # a push of its own cost: the same rows with pushes read in 0.5 ms
+    cols = [t.copy(), np.array(kinds, np.int8), *[np.zeros(6)] * 3, lat.copy(), np.zeros(6), value]
+    client_queue(cols, 0.002, 0.0, push_s=0.0005)
+    # push 1 waits 1 ms (the send), the sampled one 1.5 ms, the next 6.5 ms, the ack 7 ms
+    assert cols[5][1:5] == pytest.approx([0.011, 0.0115, 0.0165, 0.012])
 
 
 def test_the_client_cost_is_fitted_from_the_generators_own_cpu():
@@ -409,8 +448,32 @@ def test_the_client_cost_is_fitted_from_the_generators_own_cpu():
             pd.DataFrame({"kind": "sample", "t": t, "name": "gen_cpu_seconds:0", "conn": -1, "value": cpu}),
         ]
     )
-    per_msg, q = fit_client(df)
+    per_msg, per_push, q = fit_client(df)
     assert per_msg == pytest.approx(45e-6, rel=0.1) and q["workers"] == 1 and q["r2"] > 0.9
+    assert per_push == per_msg and not q["separate"]  # no pushes: one cost for every message
+
+
+def test_a_send_and_a_push_cost_the_client_what_each_costs():
+    """Sends (and their acks) cost the generator more than the pushes it reads; where the push rate
+    moved apart from the send rate both costs are fitted, each within 10 %."""
+    from model.calibrate import fit_client
+
+    rng = np.random.default_rng(6)
+    t = np.arange(0.0, 60.0, 2.0)
+    own = np.repeat([100.0, 400.0, 400.0], 10)  # sends per second in each 2 s interval (each acked)
+    push = np.repeat([200.0, 200.0, 2000.0], 10)
+    cost = 0.03 + 50e-6 * 2 * own + 10e-6 * push
+    cpu = np.concatenate([[0.0], np.cumsum(2.0 * cost[:-1] + rng.normal(0, 1e-3, t.size - 1))])
+
+    def rows(kind: str, rate: np.ndarray) -> pd.DataFrame:
+        times = np.concatenate([rng.uniform(a, a + 2.0, int(r * 2)) for a, r in zip(t, rate, strict=True)])
+        return pd.DataFrame({"kind": kind, "t": times, "name": "echo", "conn": 0, "value": np.nan})
+
+    sample = pd.DataFrame({"kind": "sample", "t": t, "name": "gen_cpu_seconds:0", "conn": -1, "value": cpu})
+    df = pd.concat([rows("send", own), rows("ack", own), rows("push", push), sample])
+    per_msg, per_push, q = fit_client(df)
+    assert q["separate"] and q["r2"] > 0.9
+    assert per_msg == pytest.approx(50e-6, rel=0.1) and per_push == pytest.approx(10e-6, rel=0.1)
 
 
 def test_capacity_answers_leave_the_measuring_client_out(tmp_path):
