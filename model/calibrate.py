@@ -49,6 +49,7 @@ COST_FIELD = {
     "received": "cpu_per_receive_s",
 }
 ILL_CONDITIONED = 30.0  # Belsley, Kuh and Welsch: a scaled condition number above 30 is strong collinearity
+CPU_HZ = 100  # the server's CPU counter (os.times) counts clock ticks: SC_CLK_TCK, 100 on Linux
 GC_MIN_PAUSES = 5  # fewer measured pauses fit no distribution: the collector stays inside the CPU costs
 GC_KS_ALPHA = 0.05  # a parametric pause distribution rejected at this level is replaced by the empirical one
 
@@ -120,8 +121,40 @@ def rates(wide: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
-    """NNLS of the CPU rate (less the collector's time, when counted) on the regressors that moved.
+def with_steps(r: pd.DataFrame, events: pd.DataFrame, run_index: int) -> pd.DataFrame:
+    """``r`` with ``group``: one number per (run, step, node) for the samples whose interval lies inside
+    a step's counted window, -1 for the others (ramps, between steps)."""
+    group = np.full(len(r), -1, np.int64)
+    if len(r):
+        t, t0 = r["t"].to_numpy(float), (r["t"] - r["dt"]).to_numpy(float)
+        node = r["node"].to_numpy(np.int64)
+        for row in steps(events).itertuples():
+            inside = (t0 >= row.window_start) & (t <= row.end)
+            group[inside] = (run_index * 10_000 + int(row.step)) * 1_000 + node[inside]
+    return r.assign(group=group)
+
+
+def step_weights(use: pd.DataFrame, y: np.ndarray) -> np.ndarray | None:
+    """Weights 1 / variance for a weighted fit, the variance of the CPU rate among the samples of each
+    step (``use["group"]``: one load held steady, its seconds repeat one design point), never below the
+    counter's own quantization (ticks of 1 / CPU_HZ s). Samples outside the steps (ramps) take the
+    median weight. The noise grows with load (an idle second varies by its counter's tick, a loaded one
+    by the work it met), and an unweighted fit lets the many loaded seconds pull the idle cost off what
+    the quiet steps measured. None when the samples carry no steps."""
+    if "group" not in use or not (use["group"] >= 0).any():
+        return None
+    floor = (1.0 / CPU_HZ) ** 2 / 3  # user + system, each a difference of two counts rounded to a tick
+    g = use["group"].to_numpy()
+    var = pd.Series(y).groupby(g).transform("var").to_numpy()
+    w = 1.0 / np.maximum(np.nan_to_num(var, nan=floor), floor)
+    inside = g >= 0
+    w[~inside] = float(np.median(w[inside]))
+    return w / w.mean()
+
+
+def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True, weighted: bool = True) -> tuple[dict, dict]:
+    """NNLS of the CPU rate (less the collector's time, when counted) on the regressors that moved,
+    weighted by each step's own noise (``step_weights``) when the samples carry their steps.
 
     Returns the costs (``COST_FIELD`` names, 0 for a regressor not fitted) and the fit's quality:
     R2, each cost's standard error (OLS on the costs NNLS kept), the scaled condition number, the
@@ -155,10 +188,13 @@ def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
     if len(use) < len(names) + 2:
         raise ValueError(f"too few unsaturated samples to fit CPU ({len(use)}); measure longer or at lower load")
     X = np.column_stack([np.ones(len(use))] + [cols[n] for n in names])
-    coef, _ = optimize.nnls(X, y)
+    w = step_weights(use, y) if weighted else None
+    sw = np.sqrt(w) if w is not None else np.ones(len(y))
+    coef, _ = optimize.nnls(X * sw[:, None], y * sw)
     pred = X @ coef
-    ss_res = float(((y - pred) ** 2).sum())
+    ss_res = float(((y - pred) ** 2).sum())  # R2 and the residual SD unweighted: what a reader compares
     ss_tot = float(((y - y.mean()) ** 2).sum()) or 1e-12
+    wss_res = float((((y - pred) * sw) ** 2).sum())
     labels = ["idle", *names]
     # identifiability: the condition number of the design with unit-length columns (units do not matter)
     norms = np.linalg.norm(X, axis=0)
@@ -168,8 +204,8 @@ def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
     active = [i for i, c in enumerate(coef) if c > 0]
     dof = len(y) - len(active)
     if active and dof > 0:
-        Xa = X[:, active]
-        sigma2 = ss_res / dof
+        Xa = X[:, active] * sw[:, None]
+        sigma2 = wss_res / dof
         try:
             cov = sigma2 * np.linalg.inv(Xa.T @ Xa)
             for j, i in enumerate(active):
@@ -206,6 +242,7 @@ def fit_cpu(r: pd.DataFrame, exclude_gc: bool = True) -> tuple[dict, dict]:
         "r2": 1 - ss_res / ss_tot,
         "n_samples": len(use),
         "residual_sd": float(np.sqrt(ss_res / len(use))),
+        "weighted": w is not None,
         "regressors": names,
         "params": {COST_FIELD[n]: {"value": float(c), "se": se[n]} for n, c in zip(labels, coef, strict=True)},
         "condition_number": cond,
@@ -426,7 +463,8 @@ def calibrate(runs: list[Run]) -> Calibration:
     settings = settings_of(runs[0])
     toggles = m.server.toggles if m.server else {}
     batching = bool(toggles.get("batching"))
-    r = pd.concat([rates(node_series(run.events)) for run in runs], ignore_index=True)
+    r = pd.concat([with_steps(rates(node_series(run.events)), run.events, i) for i, run in enumerate(runs)])
+    r = r.reset_index(drop=True)
     if r.empty:
         raise ValueError("the runs hold no scraped server samples (was /socket-metrics scraped?)")
     events = pd.concat([run.events for run in runs])
