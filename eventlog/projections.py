@@ -212,14 +212,18 @@ def _node_rate(df: pd.DataFrame, name: str, t0: float, t1: float, missing: float
 def step_costs(events: Source) -> pd.DataFrame:
     """Per load step's counted window, from the server's own counters (all nodes): events/s, CPU,
     CPU per event, loop wake-ups per second and per event (NaN where the log has no wake-up count or
-    no event). The CPU per event falls with load because more events share each wake-up (issue 11)."""
+    no event), and the share of the time the nodes' loops waited for a CPU (mean over nodes; NaN where
+    not counted). The CPU per event falls with load because more events share each wake-up (issue 11);
+    a loop that waits for a CPU is sharing the machine's cores with other processes."""
     ov = overview(events)
     df, rows = ov.samples, []
     for st in _steps_from(df, ov.t_max).itertuples():
         t0, t1 = float(st.window_start), float(st.end)
-        ev, cpu, woke = (
-            _node_rate(df, name, t0, t1, missing=np.nan) for name in ("events_in", "cpu_seconds", "wakeups")
+        ev, cpu, woke, waited = (
+            _node_rate(df, name, t0, t1, missing=np.nan)
+            for name in ("events_in", "cpu_seconds", "wakeups", "runqueue_wait_s")
         )
+        nodes = _samples(df, "runqueue_wait_s")["node"].nunique()
         rows.append(
             {
                 "step": st.step,
@@ -229,6 +233,7 @@ def step_costs(events: Source) -> pd.DataFrame:
                 "cpu_us_per_event": 1e6 * cpu / ev if ev > 0 else np.nan,
                 "wakeups_per_s": woke,
                 "wakeups_per_event": woke / ev if ev > 0 else np.nan,
+                "cpu_wait_pct": 100 * waited / nodes if nodes else np.nan,
             }
         )
     return pd.DataFrame(rows)

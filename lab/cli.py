@@ -129,7 +129,10 @@ def _show_run(run_dir: Path) -> int:
     print(format_row(row, connection_counts(run)))
     costs = step_costs(run)
     if len(costs):
-        print("per step, from the server's counters (CPU per event falls as more events share a loop wake-up):")
+        print(
+            "per step, from the server's counters (CPU per event falls as more events share a loop wake-up; "
+            "cpu_wait_pct: the share of the time the loop waited for a CPU other processes held):"
+        )
         print(costs.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return 0
 

@@ -27,6 +27,7 @@ from eventlog import EventWriter, create_run, finish_run
 SERIES: dict[str, tuple[str, str]] = {
     "cpu_seconds": ("process_cpu_seconds_total", ""),
     "wakeups": ("socketio_loop_wakeups_total", ""),
+    "runqueue_wait_s": ("socketio_loop_runqueue_wait_seconds_total", ""),
     "rss_bytes": ("process_resident_memory_bytes", ""),
     "connections": ("socketio_connections_active", ""),
     "events_in": ("socketio_events_received_total", ""),

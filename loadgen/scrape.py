@@ -19,6 +19,7 @@ COUNTERS = (
     "handler_seconds",
     "cpu_seconds",
     "wakeups",
+    "runqueue_wait_s",
     "rss_bytes",
     "loop_lag_s",
     "loop_lag_max_s",

@@ -17,7 +17,7 @@ import psutil
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .metrics import by_label, counter_value, loop_wakeups
+from .metrics import by_label, counter_value, loop_runqueue_wait_s, loop_wakeups
 
 if TYPE_CHECKING:
     from .app import LabServer
@@ -98,6 +98,7 @@ def snapshot(lab: LabServer) -> dict:
             "handler_seconds": counter_value(m.handler_seconds),
             "cpu_seconds": cpu.user + cpu.system,
             "wakeups": loop_wakeups(),  # read here, in the loop's thread
+            "runqueue_wait_s": loop_runqueue_wait_s(),  # so is this: the loop's time waiting for a CPU
             "rss_bytes": rss,
             "loop_lag_s": lab.loop_lag.last,
             "loop_lag_max_s": lab.lag_max_window,

@@ -360,11 +360,13 @@ def test_stray_part_with_an_extra_column_is_skipped_and_named(damaged):
 
 def test_a_runs_page_shows_each_steps_cpu_per_event_and_loop_wake_ups(real_run):
     """Issue 11: `caplab runs RUN` ends with the per-step costs from the server's counters, wake-ups
-    included (this run's 1.5 s steps are too short for a rate: eventlog's tests check the figures)."""
+    and the loop's wait for a CPU included (this run's 1.5 s steps are too short for a rate: eventlog's
+    tests check the figures)."""
     res = caplab_here("runs", str(real_run))
     assert res.returncode == 0, res.stderr
     _head, sep, table = res.stdout.partition("per step, from the server's counters")
-    assert sep and "wakeups_per_event" in table and "cpu_us_per_event" in table
-    wakeups = read_run(real_run).events
-    assert (wakeups[wakeups["name"].astype(str) == "wakeups"]["value"].diff().dropna() >= 0).all()
-    assert wakeups[wakeups["name"].astype(str) == "wakeups"]["value"].max() > 0  # the server counted some
+    assert sep and "wakeups_per_event" in table and "cpu_us_per_event" in table and "cpu_wait_pct" in table
+    events = read_run(real_run).events
+    for name in ("wakeups", "runqueue_wait_s"):  # scraped counters: never falling
+        assert (events[events["name"].astype(str) == name]["value"].diff().dropna() >= 0).all(), name
+    assert events[events["name"].astype(str) == "wakeups"]["value"].max() > 0  # the server counted some

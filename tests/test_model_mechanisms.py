@@ -688,3 +688,13 @@ def test_step_costs_show_the_cpu_per_event_falling_as_events_share_wake_ups(tmp_
     per_event, woke = costs["cpu_us_per_event"].to_numpy(), costs["wakeups_per_event"].to_numpy()
     assert (np.diff(per_event) < 0).all() and (np.diff(woke) < 0).all()
     assert per_event[0] == pytest.approx(100 + 200 * woke[0], rel=0.05)  # microseconds: event + its wake-ups
+    assert costs["cpu_wait_pct"].isna().all()  # the model's nodes share no cores: nothing counted
+    # a server's count: its loop waited 0.1 s per second for a CPU
+    events = read_run(simulate(cal, wl, tmp_path / "again", seed=6)).events
+    t = np.arange(0.0, float(events["t"].max()), 1.0)
+    waits = pd.DataFrame(
+        {"t": t, "kind": "sample", "conn": -1, "node": 0, "name": "runqueue_wait_s", "latency_s": np.nan, "bytes": 0}
+    ).assign(value=0.1 * t)
+    both = pd.concat([events.astype({"kind": str, "name": str}), waits], ignore_index=True)
+    waited = step_costs(both.astype(events.dtypes.to_dict() | {"kind": "category", "name": "category"}))
+    assert waited["cpu_wait_pct"].to_numpy() == pytest.approx([10.0, 10.0, 10.0], rel=0.01)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -108,6 +112,43 @@ async def test_loop_wakeups_count_the_loops_waits(start_server, profile):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     exported = families["socketio_loop_wakeups"]
     assert exported.type == "counter" and exported.samples[0].value >= now["counters"]["wakeups"]
+
+
+@pytest.mark.skipif(not Path("/proc/thread-self/schedstat").exists(), reason="the kernel keeps no schedstat")
+async def test_loop_runqueue_wait_counts_the_time_the_loop_waited_for_a_cpu(start_server):
+    """The loop thread's time runnable but without a CPU, in JSON and Prometheus: a stream of calls
+    while more busy processes than cores run makes the loop wait far longer than the same stream on
+    a quiet machine (the spinners stop by themselves after 3 s). The baseline: no rate limit to end a
+    client that calls back to back."""
+    server, users = start_server("baseline", companies=1, users=1)
+    c = await Client.connect(server.url, users[0]["token"])
+
+    async def waited(seconds: float) -> float:
+        _status, before = await get(server.url, "/socket-metrics")
+        t_end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < t_end:
+            await c.call("echo", i)
+            i += 1
+        _status, after = await get(server.url, "/socket-metrics")
+        return (after["counters"]["runqueue_wait_s"] - before["counters"]["runqueue_wait_s"]) / seconds
+
+    quiet = await waited(1.0)
+    spin = "import time\nt = time.monotonic() + 3\nwhile time.monotonic() < t: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range((os.cpu_count() or 1) + 2)]
+    try:
+        busy = await waited(1.0)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    _status, now = await get(server.url, "/socket-metrics")
+    _status, text = await get(server.url, "/socket-metrics?format=prometheus")
+    await c.close()
+    assert busy > quiet + 0.05, (busy, quiet)  # of every second, the loop waited 5 % more for a CPU
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    exported = families["socketio_loop_runqueue_wait_seconds"]
+    assert exported.type == "counter" and exported.samples[0].value >= now["counters"]["runqueue_wait_s"]
 
 
 async def test_cleanup_needs_admin_token(start_server):

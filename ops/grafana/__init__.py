@@ -228,6 +228,14 @@ def node_health() -> list:
             "(issue 11: the capacity model's per-wake-up cost).",
         ),
         chart(
+            "Event loop waiting for a CPU",
+            "percentunit",
+            q(f"rate(socketio_loop_runqueue_wait_seconds_total{{{SEL}}}[{WINDOW}])", "{{instance}}"),
+            description="Share of the time the loop's thread was ready to run but other processes held the "
+            "cores (/proc/thread-self/schedstat). Above a few % the node's latency holds its neighbours' work, "
+            "which a capacity model that gives each node its own core does not predict.",
+        ),
+        chart(
             "Rooms",
             "short",
             q(f"socketio_rooms{{{SEL}}}", "{{instance}}"),
