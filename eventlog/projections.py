@@ -217,13 +217,13 @@ def step_costs(events: Source) -> pd.DataFrame:
     a loop that waits for a CPU is sharing the machine's cores with other processes."""
     ov = overview(events)
     df, rows = ov.samples, []
+    nodes = _samples(df, "runqueue_wait_s")["node"].nunique()  # the nodes that count it
     for st in _steps_from(df, ov.t_max).itertuples():
         t0, t1 = float(st.window_start), float(st.end)
         ev, cpu, woke, waited = (
             _node_rate(df, name, t0, t1, missing=np.nan)
             for name in ("events_in", "cpu_seconds", "wakeups", "runqueue_wait_s")
         )
-        nodes = _samples(df, "runqueue_wait_s")["node"].nunique()
         rows.append(
             {
                 "step": st.step,

@@ -33,7 +33,7 @@ from scipy import optimize, stats
 
 from eventlog import Run, steps
 
-from .parameters import Calibration, GcModel
+from .parameters import CLIENT_OWN, CLIENT_PUSHES, Calibration, GcModel, writes_inline
 
 REGRESSORS = ("events_in", "events_out", "packets", "connects", "connections", "wakeups", "published", "received")
 # regressor -> the Calibration field its cost goes to
@@ -304,8 +304,6 @@ def empirical_cdf(quantiles: list[float]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: np.interp(x, q, levels)
 
 
-CLIENT_OWN = ("send", "ack")  # the generator's own sends, and the acks that answer them
-CLIENT_PUSHES = ("push", "recovered")  # room events it reads
 CLIENT_COLLINEAR = 0.98  # push and send rates correlated past this: one cost for every message
 
 
@@ -479,8 +477,7 @@ def calibrate(runs: list[Run]) -> Calibration:
     tick, tick_q = fit_client_tick([run.events for run in runs])
     stock = not (batching or toggles.get("fast_fanout") or toggles.get("recovery"))
     windowed = batching and not toggles.get("batch_flush_soon")  # pushes wait for the tick: no first-write time
-    # direct_write without batching writes each frame in the handler's loop (model.sim: Simulation.inline)
-    inline = not stock and not batching and bool(toggles.get("direct_write") and toggles.get("lean_transport"))
+    inline = writes_inline(toggles)
     if windowed or inline:
         why = "pushes wait for the flush tick" if windowed else "direct_write: each frame is written in the handler"
         enqueue = [(0.0, {"fan_outs": 0, "why": why})]

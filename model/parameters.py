@@ -26,6 +26,19 @@ class GcModel(BaseModel):
     candidates: dict[str, float] = Field(default_factory=dict, description="KS p-value of each parametric fit tried")
 
 
+CLIENT_OWN = ("send", "ack")  # the measuring generator's own sends, and the acks that answer them: one cost
+CLIENT_PUSHES = ("push", "recovered")  # the room events it reads: a cost of their own
+
+
+def writes_inline(toggles: dict) -> bool:
+    """The fast fan-out without batching, with ``direct_write`` (and ``lean_transport``): the server writes
+    each recipient's frame straight to its transport from the fan-out's loop, inside the handler, so a
+    fan-out's first push leaves at once and its ack after the last write (model.sim, and calibration
+    fits no share of work before the first write)."""
+    fast = toggles.get("fast_fanout") or toggles.get("recovery")
+    return bool(fast and not toggles.get("batching") and toggles.get("direct_write") and toggles.get("lean_transport"))
+
+
 class Calibration(BaseModel):
     """Per-node parameters. Times in seconds of one event loop, memory in bytes."""
 

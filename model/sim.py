@@ -21,7 +21,7 @@ import simpy
 
 from eventlog.schema import KIND_INDEX
 
-from .parameters import Calibration
+from .parameters import CLIENT_PUSHES, Calibration, writes_inline
 from .workload import Workload
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def merged_rows(cols: list[np.ndarray]) -> list[np.ndarray]:
 
 
 CLIENT_IN = np.array([K[k] for k in ("ack", "push", "recovered")])  # messages the client reads
-CLIENT_PUSH = np.array([K[k] for k in ("push", "recovered")])  # of those, room events (a cost of their own)
+CLIENT_PUSH = np.array([K[k] for k in CLIENT_PUSHES])  # of those, room events (a cost of their own)
 
 
 def client_queue(cols: list[np.ndarray], service_s: float, free_at: float, push_s: float | None = None) -> float:
@@ -391,15 +391,10 @@ class Simulation:
         # inside the handler (its ack waits for the writes); the fast fan-out (also used by recovery)
         # only enqueues, and each socket's writer runs later as a job of its own
         self.fast = bool(cal.toggles.get("fast_fanout") or cal.toggles.get("recovery") or cal.batching)
-        # direct_write (with lean_transport) writes each recipient's frame straight to its transport from
-        # the fan-out's loop, in the handler: the first push leaves at once and the ack after the last
-        # write, as on the stock path but with no task per recipient (no work before the first write).
-        # Measured without batching at 500 recipients: first push 1.4 ms after the send, the chat's ack 15 ms
-        self.inline = (
-            self.fast
-            and not cal.batching
-            and bool(cal.toggles.get("direct_write") and cal.toggles.get("lean_transport"))
-        )
+        # direct_write: each frame written in the handler, as on the stock path but with no task per
+        # recipient (no work before the first write). Measured without batching at 500 recipients: first
+        # push 1.4 ms after the send, the chat's ack 15 ms
+        self.inline = writes_inline(cal.toggles | {"batching": cal.batching})
         self.handler_writes = not self.fast or self.inline
         self.share = 0.0 if self.inline else cal.enqueue_share
         # batch_flush_soon (issue 12): a batch leaves at the end of the loop turn that queued it, so at the
