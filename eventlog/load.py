@@ -76,6 +76,14 @@ class Step(BaseModel):
     churn_per_s: float | None = Field(
         None, ge=0, description="planned disconnect+reconnects per second in this step; default: the run's"
     )
+    chat_node: int | None = Field(
+        None,
+        ge=0,
+        le=63,
+        description="only clients of this node send chats in this step, at the node count times the chat share "
+        "(the step's chat rate stays; the others echo): a node that publishes every chat beside one that "
+        "publishes none separates Redis publish from receive costs; on one node, every client",
+    )
 
 
 class Load(BaseModel):
@@ -135,10 +143,39 @@ class Load(BaseModel):
         s = self.steps[i]
         return s.events_per_second / s.connections if s.events_per_second is not None else self.base_rate
 
-    def step_mix(self, i: int) -> dict[str, float]:
-        """The event mix of step ``i``: its own chat share, else the run's mix."""
-        share = self.steps[i].chat_share
-        return {str(k): v for k, v in self.mix.items()} if share is None else {"echo": 1.0 - share, "chat": share}
+    def step_mix(self, i: int, node: int = 0, nodes: int = 1) -> dict[str, float]:
+        """The event mix of step ``i`` (its own chat share, else the run's mix) as the clients of ``node``
+        of ``nodes`` send it: with a ``chat_node``, that node's clients send all the step's chats."""
+        step = self.steps[i]
+        mix = (
+            {str(k): v for k, v in self.mix.items()}
+            if step.chat_share is None
+            else {
+                "echo": 1.0 - step.chat_share,
+                "chat": step.chat_share,
+            }
+        )
+        if step.chat_node is None or nodes <= 1:
+            return mix
+        chat = mix.get("chat", 0.0) / sum(mix.values()) * nodes if node == step.chat_node else 0.0
+        return {"echo": 1.0 - min(chat, 1.0), "chat": min(chat, 1.0)}
+
+    def chat_node_problem(self, nodes: int) -> str | None:
+        """Why this load cannot run on ``nodes`` nodes as written (a step's chat_node), else None."""
+        if nodes <= 1:
+            return None
+        for i, step in enumerate(self.steps):
+            if step.chat_node is None:
+                continue
+            if step.chat_node >= nodes:
+                return f"steps[{i}].chat_node {step.chat_node}: there are {nodes} nodes (0 to {nodes - 1})"
+            mix = self.step_mix(i)
+            if mix.get("chat", 0.0) / sum(mix.values()) * nodes > 1.0:
+                return (
+                    f"steps[{i}].chat_node: one node's clients cannot send the step's chats on {nodes} nodes "
+                    f"(chat share x {nodes} > 1)"
+                )
+        return None
 
     def step_churn(self, i: int) -> float:
         """Planned disconnect+reconnects per second in step ``i``."""

@@ -54,4 +54,7 @@ class LoadSpec(Load):
     def _within_max_duration(self) -> LoadSpec:
         if self.duration_s > self.max_duration_s:
             raise ValueError(f"the steps take {self.duration_s:.0f} s, over max_duration_s={self.max_duration_s:.0f}")
+        problem = self.chat_node_problem(len(self.nodes))
+        if problem:
+            raise ValueError(problem)
         return self

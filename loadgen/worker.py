@@ -113,7 +113,10 @@ class Worker:
         # each step's mix, by its start: a send takes the mix of the step its intended time is in,
         # not the one current when the sender gets to it (a late send at a step edge would cross it)
         self.step_starts = [start for start, _hold, _target in spec.schedule()]
-        self.mixes = [_mix_table(spec.step_mix(i)) for i in range(len(spec.steps))]
+        n_nodes = max(len(spec.nodes), 1)  # per node: a step's chat_node gives one node's clients its chats
+        self.mixes = [
+            [_mix_table(spec.step_mix(i, k, n_nodes)) for i in range(len(spec.steps))] for k in range(n_nodes)
+        ]
         self.churn_rate = spec.step_churn(0)
         self.pad = "x" * spec.payload_bytes
         self.recover = spec.recover  # read per delivery: a plain attribute
@@ -153,9 +156,9 @@ class Worker:
         self.heap[:] = [(self.first_send(now), cid, ep) for _, cid, ep in self.heap]  # in place: sender holds it
         heapq.heapify(self.heap)
 
-    def pick(self, t_int: float) -> str:
-        """The event name of a send intended at ``t_int``, drawn from its step's mix."""
-        mix = self.mixes[max(bisect.bisect_right(self.step_starts, t_int) - 1, 0)]
+    def pick(self, t_int: float, node: int = 0) -> str:
+        """The event name of a send intended at ``t_int`` by a client of ``node``, drawn from its step's mix."""
+        mix = self.mixes[node][max(bisect.bisect_right(self.step_starts, t_int) - 1, 0)]
         r = self.rng.random()
         for edge, name in mix:
             if r < edge:
@@ -335,7 +338,7 @@ class Worker:
                 vc = vconns[cid]
                 if not vc.up or epoch != vc.epoch:
                     continue  # dropped, or an older connection's schedule; a reconnect schedules anew
-                name = self.pick(t_int)
+                name = self.pick(t_int, cid % len(self.mixes))
                 payload = {"t": t_int, "p": self.pad}
                 if name == "chat" and self.spec.chat_to == "room":
                     payload["room"] = vc.room

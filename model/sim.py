@@ -417,9 +417,7 @@ class Simulation:
         self.connects_ok = 0
         self.gc_count = 0
         self.done = False
-        mix = {k: v for k, v in wl.mix.items() if v > 0}
-        total = sum(mix.values())
-        self.p_chat = mix.get("chat", 0.0) / total
+        self.p_chat = self.chat_probability(0)  # per node (a step's chat_node); steps_proc sets each step's
         self.churn_rate = wl.churn_per_s  # the current step's (steps_proc sets it)
         # recovery: a client that reconnects is replayed the chats of its company it missed
         self.recovering = wl.recover and cal.recovery_max_events > 0
@@ -461,8 +459,7 @@ class Simulation:
         for i, (start, hold, target) in enumerate(wl.schedule()):
             yield env.timeout(max(0.0, start - env.now))
             self.rate = wl.step_rate(i)
-            mix = wl.step_mix(i)
-            self.p_chat = mix.get("chat", 0.0) / sum(mix.values())
+            self.p_chat = self.chat_probability(i)
             self.churn_rate = wl.step_churn(i)
             rows.add(K["sample"], start, name=NAME["step"], value=target)
             rows.add(K["sample"], start, name=NAME["step_eps"], value=self.rate * target)
@@ -474,6 +471,11 @@ class Simulation:
         yield env.timeout(max(0.0, wl.duration_s - env.now))
         rows.add(K["sample"], wl.duration_s, name=NAME["end"], value=0.0)
         self.done = True
+
+    def chat_probability(self, i: int) -> np.ndarray:
+        """Per node, the chance that a send of step ``i`` by one of its clients is a chat."""
+        mixes = [self.wl.step_mix(i, k, self.n_nodes) for k in range(self.n_nodes)]
+        return np.array([m.get("chat", 0.0) / sum(m.values()) for m in mixes])
 
     def replay_proc(self, trace: Trace) -> Proc:
         """The measured run's step markers at their times, its connection attempts and client closes."""
@@ -587,7 +589,7 @@ class Simulation:
         # earliest of this and every later slice's)
         self.rows.watermark = min(t0, self.trace.due_floor(t0)) if self.trace is not None else t0
         self.events_in += ev_t.size
-        is_chat = self.r_mix.random(ev_t.size) < self.p_chat
+        is_chat = self.r_mix.random(ev_t.size) < self.p_chat[self.node_of[ev_c]]
         if self.trace is not None:
             is_chat = self.trace_chat
         if self.recovering and is_chat.any():  # before the connects: a client back in this slice missed these

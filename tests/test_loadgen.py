@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -214,3 +215,30 @@ def test_a_late_send_takes_the_mix_of_the_step_it_was_intended_in(tmp_path):
     assert {worker.pick(second) for _ in range(200)} == {"chat"}
     assert {worker.pick(0.0) for _ in range(200)} == {"echo"}
     worker.writer.close()
+
+
+def test_a_chat_node_step_gives_one_nodes_clients_every_chat(tmp_path):
+    """Step.chat_node (issue 11's Redis design step): on two nodes, node 0's clients send the step's
+    chats at twice its share and node 1's none, so the step's chat rate stays; other steps as before;
+    a chat_node past the last node, or a share one node's clients cannot carry, is refused."""
+    from loadgen.worker import Worker
+
+    two = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+    steps = [{"connections": 20, "hold_s": 3, "chat_share": 0.3}, {"connections": 20, "hold_s": 3, "chat_share": 0.3}]
+    steps[1]["chat_node"] = 0
+    spec = spec_for(two[0], nodes=two, steps=steps)
+    worker = Worker(spec, tmp_path / "run", 0.0, 0, ["token"])
+    second = spec.schedule()[1][0]
+    share = {
+        (t, n): np.mean([worker.pick(at, n) == "chat" for _ in range(4000)])
+        for t, at in (("first", 0.0), ("second", second))
+        for n in (0, 1)
+    }
+    worker.writer.close()
+    assert share[("first", 0)] == pytest.approx(0.3, abs=0.03) and share[("first", 1)] == pytest.approx(0.3, abs=0.03)
+    assert share[("second", 0)] == pytest.approx(0.6, abs=0.03) and share[("second", 1)] == 0.0
+    assert spec.step_mix(1) == {"echo": 0.7, "chat": 0.3}  # one node: every client, as written
+    with pytest.raises(ValidationError, match=r"steps\[1\].chat_node 2: there are 2 nodes"):
+        spec_for(two[0], nodes=two, steps=[steps[0], {**steps[1], "chat_node": 2}])
+    with pytest.raises(ValidationError, match=r"chat share x 2 > 1"):
+        spec_for(two[0], nodes=two, steps=[steps[0], {**steps[1], "chat_share": 0.6}])

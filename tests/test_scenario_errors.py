@@ -195,6 +195,9 @@ MUTATIONS: dict[str, tuple[str | None, Edit]] = {
     "set batch_size -1": field("servers", _server_set(batch_size=-1)),
     "set a list": field("servers", lambda d, tmp: d["servers"][0].update(set=[1, 2])),
     "nodes 0": field("servers", lambda d, tmp: d["servers"][0].update(nodes=0)),
+    "chat_node past the nodes": field(
+        "servers", lambda d, tmp: (d["servers"][0].update(nodes=2), d["workload"]["steps"][0].update(chat_node=2))
+    ),
     "profile turbo": field("servers", lambda d, tmp: d["servers"][0].update(profile="turbo")),
     "duplicate label": field("servers", lambda d, tmp: d["servers"].append(dict(d["servers"][0]))),
     "servers []": field("servers", lambda d, tmp: d.update(servers=[])),
