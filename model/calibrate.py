@@ -502,6 +502,7 @@ def calibrate(runs: list[Run]) -> Calibration:
         )
     if not cpu_q["gc_excluded"]:
         assumptions.append("the collector's time is inside the fitted CPU costs (no pause jobs are simulated)")
+    cores = [int(run.manifest.machine["cores"]) for run in runs if run.manifest.machine.get("cores")]
     return Calibration(
         profile=m.profile,
         toggles=toggles,
@@ -511,6 +512,7 @@ def calibrate(runs: list[Run]) -> Calibration:
         client_cpu_per_push_s=client_push_s,
         client_upkeep_share=client_upkeep,
         client_tick_s=tick,
+        machine_cores=min(cores) if cores else None,
         enqueue_share=float(np.median([e for e, _ in enqueue])),
         memory_base_bytes=mem_base,
         memory_per_connection_bytes=mem_conn,

@@ -101,6 +101,14 @@ class Calibration(BaseModel):
         description="simulate the measuring generator's loop as a queue (when predicting a measured run); "
         "production clients are many machines, so capacity answers leave it out",
     )
+    machine_cores: int | None = Field(
+        None,
+        ge=1,
+        description="cores of the machine the calibration runs were measured on, where the nodes, the generator "
+        "and Redis shared them. Used with measured_client: when the nodes and the generator outnumber the "
+        "cores, each node's loop waits for a CPU while the others hold every core (model.sim.contention); "
+        "None or a capacity answer: a core per node",
+    )
     redis_rtt_s: float = Field(0.0005, ge=0)
     # memory
     memory_base_bytes: float = Field(0.0, ge=0)
@@ -138,6 +146,7 @@ class Calibration(BaseModel):
         return (
             f"measuring client {self.client_cpu_per_message_s * 1e6:.3g} us per send or ack, {push_text}, "
             f"its upkeep {100 * self.client_upkeep_share:.3g} % of its loop"
+            + (f"; measured on {self.machine_cores} cores shared with the nodes" if self.machine_cores else "")
         )
 
     def save(self, path: Path | str) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -154,6 +156,7 @@ def test_calibration_recovers_known_parameters(tmp_path):
     assert fit.memory_base_bytes == pytest.approx(truth.memory_base_bytes, rel=0.01)
     assert fit.base_latency_s == pytest.approx(truth.base_latency_s, abs=0.001)
     assert fit.fit["cpu"]["r2"] > 0.95
+    assert fit.machine_cores == os.cpu_count()  # from the manifest: the cores a measurement shared
 
 
 def test_usl_fit_recovers_its_parameters():

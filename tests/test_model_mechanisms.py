@@ -585,6 +585,46 @@ def test_capacity_answers_leave_the_measuring_client_out(tmp_path):
     assert np.nanmean(on[5][push]) > np.nanmean(plain[5][push]) + 1e-3  # 50 reads of 0.1 ms queue up
 
 
+def test_contention_is_the_chance_the_others_hold_every_core():
+    from model.sim import contention
+
+    assert contention([0.5, 0.5], cores=2) == pytest.approx(0.25)
+    assert contention([0.3], cores=1) == pytest.approx(0.3)
+    assert contention([0.9], cores=2) == 0.0  # one other process never fills two cores
+    assert contention([1.0, 1.0, 0.0], cores=2) == pytest.approx(1.0)
+    assert contention([0.5, 0.5, 0.5], cores=2) == pytest.approx(0.5)  # 3 of 8 + 1 of 8
+
+
+def test_nodes_sharing_the_machines_cores_wait_for_them_only_when_predicting_that_measurement():
+    """Two nodes and the generator on a 2-core machine (the validation campaign): a node's loop waits
+    while the other node and the generator hold both cores, so its work takes longer in wall time and
+    its latencies grow, at the same CPU. Only with measured_client and the calibration's machine_cores;
+    one node beside the generator never waits (two processes, two cores); a capacity answer (a core
+    per node) never does."""
+    cal = Calibration(
+        cpu_per_event_s=8e-4, cpu_per_packet_s=2e-5, client_cpu_per_message_s=6e-5, machine_cores=2, **QUIET
+    )
+    wl = Workload(
+        steps=[{"connections": 400, "hold_s": 10}],
+        events_per_second=1600,
+        mix={"echo": 0.99, "chat": 0.01},
+        connect_rate=1e6,
+        ack_timeout_s=1e9,
+    )
+
+    measured = cal.model_copy(update={"measured_client": True})
+    alone = Simulation(measured.model_copy(update={"machine_cores": None}), wl, seed=4, nodes=2)
+    shared = Simulation(measured, wl, seed=4, nodes=2)
+    p95 = [np.percentile(x[5][(x[1] == K["ack"]) & (x[0] > 2)], 95) for x in (alone.run(), shared.run())]
+    assert p95[1] > 1.3 * p95[0]
+    assert total_work(shared) == pytest.approx(total_work(alone), rel=0.02)  # the same CPU, more wall time
+    assert shared.stretch.min() > 1.05 and (alone.stretch == 1).all()
+    for c, nodes in ((measured, 1), (cal, 2)):  # one node; or not predicting a measurement
+        one = Simulation(c, wl, seed=4, nodes=nodes)
+        same = Simulation(c.model_copy(update={"machine_cores": None}), wl, seed=4, nodes=nodes)
+        assert all(np.array_equal(x, y, equal_nan=True) for x, y in zip(one.run(), same.run(), strict=True))
+
+
 def test_the_client_queue_is_the_same_when_rows_are_flushed_mid_run():
     """A long run hands its rows to a sink every so often; the client's queue must see them in time
     order across flushes (a flush queued a slice's late rows before the next slice's earlier ones,
