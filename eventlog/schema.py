@@ -36,6 +36,14 @@ def gen_cpu_name(worker: int) -> str:
     return f"{GEN_CPU}:{worker}"
 
 
+# and of the time its loop's thread waited for a CPU (eventlog.sched): ``gen_runqueue_wait_seconds:<worker>``
+GEN_WAIT = "gen_runqueue_wait_seconds"
+
+
+def gen_wait_name(worker: int) -> str:
+    return f"{GEN_WAIT}:{worker}"
+
+
 # column -> (arrow type, meaning)
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "t": (pa.float64(), "seconds since the run started (machine-wide monotonic clock)"),

@@ -22,7 +22,8 @@ import aiohttp
 import numpy as np
 
 from eventlog import EventWriter
-from eventlog.schema import gen_cpu_name
+from eventlog.sched import thread_runqueue_wait_s
+from eventlog.schema import gen_cpu_name, gen_wait_name
 
 from .connection import Connection, ConnectRefused
 from .scrape import Scraper
@@ -369,6 +370,7 @@ class Worker:
             now, mono = self.writer.now(), time.monotonic()
             cpu = os.times()
             self.writer.row("sample", now, name=gen_cpu_name(self.wid), value=cpu.user + cpu.system)
+            self.writer.row("sample", now, name=gen_wait_name(self.wid), value=thread_runqueue_wait_s())
             if self.progress is not None:
                 span = mono - last_t
                 lat = np.asarray(self.window_lat)
@@ -504,6 +506,7 @@ class Worker:
             await asyncio.sleep(0)
             cpu = os.times()
             w.row("sample", w.now(), name=gen_cpu_name(self.wid), value=cpu.user + cpu.system)
+            w.row("sample", w.now(), name=gen_wait_name(self.wid), value=thread_runqueue_wait_s())
             w.close()
         return {
             "worker": self.wid,

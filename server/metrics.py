@@ -15,6 +15,8 @@ from hdrh.histogram import HdrHistogram
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily
 
+from eventlog.sched import thread_runqueue_wait_s
+
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.12, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -65,16 +67,11 @@ def loop_wakeups() -> int:
 
 
 def loop_runqueue_wait_s() -> float:
-    """Seconds the calling thread was runnable but waited for a CPU (``/proc/thread-self/schedstat``,
-    its second field): read in the event loop's thread, the time its work waited for processes sharing
-    the machine's cores. On a 2-core box that runs two nodes, Redis and the load generator it is what
-    makes measured latencies exceed a model that gives each node a core of its own. 0 where the kernel
-    does not keep it (non-Linux, schedstats off)."""
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """Seconds the event loop's thread was runnable but waited for a CPU (read in the loop's thread):
+    the time its work waited for processes sharing the machine's cores. On a 2-core box that runs two
+    nodes, Redis and the load generator it is what makes measured latencies exceed a model that gives
+    each node a core of its own (issue 11)."""
+    return thread_runqueue_wait_s()
 
 
 class LoopWakeups:

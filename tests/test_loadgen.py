@@ -194,6 +194,9 @@ def test_each_step_sends_its_own_chat_share_and_churns_at_its_own_rate(server, t
     assert (later["name"] == "chat").mean() == pytest.approx(0.5, abs=0.12)
     closes = df[(df["kind"] == "disconnect") & (df["t"] < df[df["name"] == "end"]["t"].min())]
     assert len(closes) >= 5 and (closes["t"] >= second).all()  # churn in the second step only
+    # the generator's own loop: CPU and time waiting for a core, every second (eventlog.sched)
+    waited = df[(df["kind"] == "sample") & (df["name"] == "gen_runqueue_wait_seconds:0")]["value"]
+    assert len(waited) >= 5 and waited.is_monotonic_increasing and waited.iloc[-1] > 0
 
 
 def test_a_late_send_takes_the_mix_of_the_step_it_was_intended_in(tmp_path):
