@@ -806,7 +806,8 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             f"{label}: CPU per event {cal.cpu_per_event_s * 1e6:.3g} us, per delivery {cal.cpu_per_delivery_s * 1e6:.3g} us, "
             f"per packet {cal.cpu_per_packet_s * 1e6:.3g} us, per loop wake-up {cal.cpu_per_wakeup_s * 1e6:.3g} us, "
             f"per connect {cal.cpu_per_connect_s * 1e3:.3g} ms; "
-            f"{cal.client_text()}; "
+            + (f"{cal.redis_text()}; " if cal.redis_text() else "")
+            + f"{cal.client_text()}; "
             f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.3g} KB per connection; "
             f"GC {cal.gc.collections_per_event:.2g} per event ({cal.gc.dist}, KS p {fmt(cal.gc.ks_pvalue, '{:.2g}')}); "
             f"CPU fit R2 {fmt(cal.fit.get('cpu', {}).get('r2'), '{:.2f}')}; runs {', '.join(cal.source_runs)}"

@@ -149,6 +149,19 @@ class Calibration(BaseModel):
             + (f"; measured on {self.machine_cores} cores shared with the nodes" if self.machine_cores else "")
         )
 
+    def redis_text(self) -> str:
+        """The fitted Redis costs with their standard errors (several nodes), else ""."""
+        params = self.fit.get("cpu", {}).get("params", {})
+        if "cpu_per_publish_s" not in params and "cpu_per_receive_s" not in params:
+            return ""
+
+        def cost(field: str) -> str:
+            p = params.get(field, {"value": getattr(self, field), "se": float("nan")})
+            se = p["se"] if p["se"] is not None else float("nan")
+            return f"{p['value'] * 1e6:.3g}" + (f" +- {se * 1e6:.2g}" if se == se else "") + " us"
+
+        return f"Redis per publish {cost('cpu_per_publish_s')}, per receive {cost('cpu_per_receive_s')}"
+
     def save(self, path: Path | str) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -585,6 +585,16 @@ def test_capacity_answers_leave_the_measuring_client_out(tmp_path):
     assert np.nanmean(on[5][push]) > np.nanmean(plain[5][push]) + 1e-3  # 50 reads of 0.1 ms queue up
 
 
+def test_the_redis_costs_are_shown_with_their_standard_errors_only_when_fitted():
+    """The report's model page shows what a two-node calibration fitted (issue 11 round 6)."""
+    _, q = fit_cpu(two_node_chat_frame(one_sender_step=True))
+    cal = Calibration(cpu_per_event_s=5e-5, fit={"cpu": q})
+    p = q["params"]["cpu_per_publish_s"]
+    assert cal.redis_text().startswith(f"Redis per publish {p['value'] * 1e6:.3g} +- {p['se'] * 1e6:.2g} us")
+    assert "per receive" in cal.redis_text()
+    assert Calibration(cpu_per_event_s=5e-5, fit={"cpu": fit_cpu(rates_frame(gc=False)[0])[1]}).redis_text() == ""
+
+
 def test_contention_is_the_chance_the_others_hold_every_core():
     from model.sim import contention
 
