@@ -155,10 +155,13 @@ class Calibration(BaseModel):
         if "cpu_per_publish_s" not in params and "cpu_per_receive_s" not in params:
             return ""
 
+        def us(x: float) -> str:
+            return f"{x * 1e6:.0f}" if x * 1e6 >= 10 else f"{x * 1e6:.2g}"
+
         def cost(field: str) -> str:
             p = params.get(field, {"value": getattr(self, field), "se": float("nan")})
             se = p["se"] if p["se"] is not None else float("nan")
-            return f"{p['value'] * 1e6:.3g}" + (f" +- {se * 1e6:.2g}" if se == se else "") + " us"
+            return us(p["value"]) + (f" +- {us(se)}" if se == se else "") + " us"
 
         return f"Redis per publish {cost('cpu_per_publish_s')}, per receive {cost('cpu_per_receive_s')}"
 
