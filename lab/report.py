@@ -802,11 +802,12 @@ def model_page(pdf: PdfPages, model: dict, validation: pd.DataFrame, summary: Su
             lines.append(f"{label}: calibration file {path} could not be read ({why}); its figures are missing here")
             print(f"caplab report: warning: calibration {path} of {label} could not be read: {why}", file=sys.stderr)
             continue
+        redis = cal.redis_text()
         lines.append(
             f"{label}: CPU per event {cal.cpu_per_event_s * 1e6:.3g} us, per delivery {cal.cpu_per_delivery_s * 1e6:.3g} us, "
             f"per packet {cal.cpu_per_packet_s * 1e6:.3g} us, per loop wake-up {cal.cpu_per_wakeup_s * 1e6:.3g} us, "
             f"per connect {cal.cpu_per_connect_s * 1e3:.3g} ms; "
-            + (f"{cal.redis_text()}; " if cal.redis_text() else "")
+            + (f"{redis}; " if redis else "")
             + f"{cal.client_text()}; "
             f"memory {cal.memory_base_bytes / 1e6:.0f} MB + {cal.memory_per_connection_bytes / 1e3:.3g} KB per connection; "
             f"GC {cal.gc.collections_per_event:.2g} per event ({cal.gc.dist}, KS p {fmt(cal.gc.ks_pvalue, '{:.2g}')}); "
